@@ -1,0 +1,1 @@
+"""Interface: the command line, plots and interactive widgets."""

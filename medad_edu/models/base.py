@@ -1,0 +1,95 @@
+"""What every anomaly detector in the package is: a plain ``nn.Module`` with one inference contract.
+
+Like anomalib's ``torch_model.py``: ``model(images, task_ids)`` in eval mode returns an ``AnomalyResult``
+with a per-pixel ``anomaly_map`` and a per-image ``pred_score`` (higher = more anomalous), plus optional
+``extras`` (reconstruction, hallucination map, routing weights, per-task failure scores...). Training is kept
+apart in ``medad_edu.training``: the trainer only asks the model for ``training_loss(batch)``, a dict whose
+``"loss"`` entry is minimised, and calls the optional hooks below.
+
+A model subclass declares:
+
+- ``name``: the method name on the command line (``--method NAME``);
+- ``QUICK`` and ``PAPER``: its default options for the ``quick`` (CPU, 64 px) and ``paper`` (GPU, 256 px)
+  configurations, including ``epochs``, ``batch_size`` and ``lr`` when they differ from the trainer's;
+- ``__init__(self, image_size, task_names, prompts, **options)``: everything needed to rebuild it from a
+  checkpoint (the checkpoint stores exactly these arguments).
+
+Any state that is not a parameter but must survive a checkpoint (score normalisation statistics, a memory bank,
+a threshold) is a registered buffer, so ``state_dict`` carries it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class AnomalyResult:
+    """Inference output: ``anomaly_map`` [B, 1, H, W] and ``pred_score`` [B], plus method-specific extras."""
+
+    anomaly_map: torch.Tensor
+    pred_score: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class AnomalyModel(nn.Module):
+    name: ClassVar[str] = "base"
+    QUICK: ClassVar[dict[str, Any]] = {}
+    PAPER: ClassVar[dict[str, Any]] = {}
+    # Methods fitted without gradient descent (e.g. a memory bank) set this False: the trainer then makes one
+    # pass over the data through ``fit_batch`` instead of optimising ``training_loss``.
+    uses_gradients: ClassVar[bool] = True
+
+    def __init__(self, image_size: int, task_names: list[str], prompts: list[str] | None = None, **options: Any):
+        super().__init__()
+        if image_size % 16 != 0 or image_size < 16:
+            raise ValueError(f"image_size must be a positive multiple of 16; got {image_size}")
+        if not task_names:
+            raise ValueError("task_names must name at least one task")
+        self.image_size = int(image_size)
+        self.task_names = list(task_names)
+        self.prompts = list(prompts) if prompts is not None else [""] * len(self.task_names)
+        if len(self.prompts) != len(self.task_names):
+            raise ValueError(f"{len(self.prompts)} prompts for {len(self.task_names)} tasks")
+        self.options = dict(options)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
+
+    def init_args(self) -> dict[str, Any]:
+        """The constructor arguments, stored in checkpoints to rebuild the model."""
+        return {"image_size": self.image_size, "task_names": self.task_names, "prompts": self.prompts,
+                **self.options}
+
+    def check_input(self, images: torch.Tensor, task_ids: torch.Tensor | None) -> None:
+        if images.ndim != 4 or images.shape[1] != 1:
+            raise ValueError(f"{self.name}: images must be [B, 1, H, W] grey; got {tuple(images.shape)}")
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"{self.name}: model was built for {self.image_size}x{self.image_size} images; "
+                             f"got {images.shape[-1]}x{images.shape[-2]}")
+        if task_ids is not None and (task_ids.min() < 0 or task_ids.max() >= self.num_tasks):
+            raise ValueError(f"{self.name}: task ids must be in [0, {self.num_tasks}); got {task_ids.tolist()}")
+
+    # --- inference -------------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, task_ids: torch.Tensor) -> AnomalyResult:  # pragma: no cover
+        raise NotImplementedError
+
+    # --- training hooks (called by medad_edu.training.trainer) ------------------------------------------------
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError(f"{self.name} is not trained by gradient descent")
+
+    def on_train_start(self, data, device: torch.device) -> None:
+        """Called once before training (e.g. to encode prompts once and cache them)."""
+
+    def fit_batch(self, batch: dict[str, torch.Tensor]) -> None:
+        """For ``uses_gradients = False`` methods: accumulate one batch of normal training images."""
+
+    def on_train_end(self, data, device: torch.device) -> None:
+        """Called once after training, with the data (e.g. to normalise scores on held-out normal images).
+
+        Must only read the ``train`` and ``valid`` splits, never ``test``.
+        """

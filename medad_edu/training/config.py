@@ -1,0 +1,78 @@
+"""Training configurations: ``quick`` (CPU, 64 px, minutes) and ``paper`` (GPU, 256 px, 250 epochs).
+
+One code path serves both; a configuration is only numbers. Precedence: the trainer's preset below, then the
+method's own ``QUICK`` / ``PAPER`` dict (``medad_edu.models.*``), then explicit overrides (command-line flags).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+# The All-in-One paper's Sec. 4.3: 256x256, 250 epochs, Adam lr 5e-4, batch 64.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"image_size": 64, "epochs": 20, "batch_size": 32, "lr": 1e-3, "sizes": "quick", "amp": False},
+    "paper": {"image_size": 256, "epochs": 250, "batch_size": 64, "lr": 5e-4, "sizes": "paper", "amp": True},
+}
+
+
+@dataclass
+class TrainConfig:
+    method: str
+    data: str = "embedded"
+    config: str = "quick"
+    image_size: int = 64
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False  # bfloat16 autocast on CUDA only; ignored elsewhere
+    grad_clip: float | None = 5.0
+    num_workers: int = 0  # threads decoding image files once, before training
+    sizes: str = "quick"  # embedded data size preset (tiny | quick | paper)
+    tasks: list[str] | None = None  # restrict to these tasks (default: all)
+    options: dict[str, Any] = field(default_factory=dict)  # method-specific options
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+_TRAINER_KEYS = {f.name for f in fields(TrainConfig)} - {"options"}
+
+
+def make_config(method: str, config: str = "quick", options: dict[str, Any] | None = None,
+                **overrides: Any) -> TrainConfig:
+    """Resolve a configuration: preset, then the method's defaults, then ``overrides`` (``None`` = keep)."""
+    from ..models.registry import get_method
+
+    if config not in PRESETS:
+        raise ValueError(f"config must be one of {sorted(PRESETS)}; got {config!r}")
+    cls = get_method(method)
+    values: dict[str, Any] = dict(PRESETS[config])
+    method_defaults = dict(cls.QUICK if config == "quick" else cls.PAPER)
+    opts: dict[str, Any] = {}
+    for key, val in method_defaults.items():
+        (values if key in _TRAINER_KEYS else opts)[key] = val
+    for key, val in overrides.items():
+        if val is None:
+            continue
+        if key not in _TRAINER_KEYS:
+            raise ValueError(f"unknown training setting {key!r}")
+        values[key] = val
+    opts.update(options or {})
+    cfg = TrainConfig(method=method, config=config, options=opts, **values)
+    if cfg.epochs < 1:
+        raise ValueError(f"epochs must be >= 1; got {cfg.epochs}")
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {cfg.batch_size}")
+    if cfg.image_size % 16 or cfg.image_size < 16:
+        raise ValueError(f"image_size must be a positive multiple of 16; got {cfg.image_size}")
+    if not cfg.lr > 0:
+        raise ValueError(f"lr must be > 0; got {cfg.lr}")
+    return cfg

@@ -1,0 +1,141 @@
+"""The shared training loop: checkpoints, resume, interruption, NaN losses, thresholds, evaluation schema."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medad_edu.evaluation import evaluate_model
+from medad_edu.models import get_method
+from medad_edu.models.ae import AutoEncoder
+from medad_edu.training import CheckpointError, load_model, make_config, read_checkpoint, train
+from medad_edu.utils import atomic_write_bytes, get_device
+
+
+def cfg(epochs=2, **kw):
+    return make_config("ae", "quick", epochs=epochs, image_size=32, batch_size=8, **kw)
+
+
+def test_make_config_precedence_and_errors():
+    c = make_config("ae", "paper")
+    assert (c.image_size, c.epochs, c.batch_size, c.lr) == (256, 250, 64, 5e-4)
+    assert make_config("ae", "quick", epochs=3).epochs == 3
+    with pytest.raises(ValueError, match="config must be one of"):
+        make_config("ae", "huge")
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        make_config("nope")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        make_config("ae", image_size=50)
+
+
+def test_device_choice():
+    assert get_device("cpu").type == "cpu"
+    assert get_device("auto").type in {"cpu", "cuda", "mps"}
+    with pytest.raises(ValueError, match="device must be one of"):
+        get_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            get_device("cuda")
+
+
+def test_train_writes_run_and_loads(tmp_path, tiny_data):
+    result = train(cfg(), tmp_path / "run", data=tiny_data, progress=False)
+    for name in ("checkpoint.pt", "config.json", "history.json"):
+        assert (tmp_path / "run" / name).is_file()
+    state = read_checkpoint(tmp_path / "run")
+    assert state["complete"] and state["epoch"] == 2 and state["method"] == "ae"
+    assert set(state["thresholds"]) >= {"chest_xray", "brain_mri"}
+    assert state["thresholds"]["chest_xray:rule"] == "f1max"  # labelled validation split present
+    model, _ = load_model(tmp_path / "run")
+    x = torch.rand(3, 1, 32, 32)
+    ids = torch.zeros(3, dtype=torch.long)
+    torch.testing.assert_close(model(x, ids).pred_score, result.model.eval()(x, ids).pred_score)
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 2
+
+
+def test_resume_matches_uninterrupted(tmp_path, tiny_data):
+    full = train(cfg(epochs=3), tmp_path / "full", data=tiny_data, progress=False)
+    train(cfg(epochs=1), tmp_path / "part", data=tiny_data, progress=False)
+    resumed = train(cfg(epochs=3), tmp_path / "part", data=tiny_data, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_interrupted_run_keeps_last_epoch_and_resumes(tmp_path, tiny_data, monkeypatch):
+    calls = {"n": 0}
+    original = AutoEncoder.training_loss
+
+    def flaky(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 15:  # during the third epoch (48 images, batch 8: 6 steps per epoch)
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(AutoEncoder, "training_loss", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(epochs=4), tmp_path / "run", data=tiny_data, progress=False)
+    state = read_checkpoint(tmp_path / "run")
+    assert state["epoch"] == 2 and not state["complete"]
+    monkeypatch.setattr(AutoEncoder, "training_loss", original)
+    result = train(cfg(epochs=4), tmp_path / "run", data=tiny_data, progress=False)
+    assert len(result.history) == 4 and read_checkpoint(tmp_path / "run")["complete"]
+
+
+def test_nan_loss_is_reported(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setattr(AutoEncoder, "training_loss",
+                        lambda self, batch: {"loss": self.reconstruct(batch["image"]).mean() * float("nan")})
+    with pytest.raises(FloatingPointError, match=r"non-finite loss term\(s\) \['loss'\] at epoch 1, step 1"):
+        train(cfg(), tmp_path / "run", data=tiny_data, progress=False)
+
+
+def test_other_run_in_folder_is_refused(tmp_path, tiny_data):
+    train(cfg(epochs=1), tmp_path / "run", data=tiny_data, progress=False)
+    other = make_config("ae", "quick", epochs=1, image_size=32, batch_size=8, options={"latent": 8})
+    with pytest.raises(CheckpointError, match="different run"):
+        train(other, tmp_path / "run", data=tiny_data, progress=False)
+
+
+def test_corrupt_checkpoint_is_named(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="unreadable checkpoint"):
+        load_model(tmp_path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_model(tmp_path / "empty")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "f.bin"
+    atomic_write_bytes(target, b"old")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temporary file left behind
+
+
+def test_evaluate_schema_and_score_sign(tiny_data):
+    result = train(cfg(epochs=4), None, data=tiny_data, progress=False)
+    report = evaluate_model(result.model, tiny_data, thresholds=result.thresholds)
+    assert report["method"] == "ae" and set(report["tasks"]) == {"chest_xray", "brain_mri"}
+    for m in (*report["tasks"].values(), report["mean"]):
+        for key in ("image_auroc", "ap", "f1", "acc", "pixel_auroc", "aupro", "dice", "acc_at_valid_threshold"):
+            assert m[key] is None or 0.0 <= m[key] <= 1.0, key
+    assert report["mean"]["image_auroc"] > 0.8  # bright squares are easy: abnormal must score higher
+    sub = evaluate_model(result.model, tiny_data.subset(["brain_mri"]))
+    assert list(sub["tasks"]) == ["brain_mri"]
+    assert sub["tasks"]["brain_mri"]["image_auroc"] == pytest.approx(report["tasks"]["brain_mri"]["image_auroc"])
+
+
+def test_model_input_checks(tiny_data):
+    model = get_method("ae")(32, tiny_data.task_names)
+    with pytest.raises(ValueError, match="built for 32x32"):
+        model(torch.rand(2, 1, 64, 64), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="task ids"):
+        model(torch.rand(2, 1, 32, 32), torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="grey"):
+        model(torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))
