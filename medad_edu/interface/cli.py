@@ -116,14 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list the available methods")
 
-    import importlib.util
+    from ..evaluation import bench
+    from . import predict
 
-    if importlib.util.find_spec("medad_edu.evaluation.bench"):  # TEMP until issue 6 lands
-        from ..evaluation import bench
-        bench.add_arguments(sub.add_parser("bench", help="train and evaluate several methods side by side"))
-    if importlib.util.find_spec("medad_edu.interface.predict"):
-        from . import predict
-        predict.add_arguments(sub.add_parser("predict", help="score new images with a trained run"))
+    bench.add_arguments(sub.add_parser("bench", help="train and evaluate several methods side by side"))
+    predict.add_arguments(sub.add_parser("predict", help="score new images with a trained run"))
     return parser
 
 
