@@ -306,9 +306,9 @@ def run_bench(methods: Sequence[str] | None = None, data: str | MultiTaskData = 
             if seed not in method_seeds.get(method, seeds):
                 continue
             opts = dict(options.get(method, {}))
-            if method == "patchcore" and "backbone" not in opts:
-                opts["backbone"] = _patchcore_backbone(patchcore_backbone, seed, done)
             run_dir = runs_dir / f"{method}-s{seed}"
+            if method == "patchcore" and "backbone" not in opts:
+                opts["backbone"] = _patchcore_backbone(patchcore_backbone, seed, done, run_dir)
             try:
                 rec = run_one(method, seed, data_obj, data_spec, config, run_dir, opts, overrides, log)
             except (KeyboardInterrupt, SystemExit, BenchSettingsError):
@@ -349,9 +349,12 @@ def run_bench(methods: Sequence[str] | None = None, data: str | MultiTaskData = 
     return results
 
 
-def _patchcore_backbone(choice: str, seed: int, done: dict) -> str:
+def _patchcore_backbone(choice: str, seed: int, done: dict, run_dir: Path) -> str:
     if choice != "auto":
         return choice
+    finished = run_dir / RESULT_NAME
+    if finished.is_file():  # "auto" keeps what it chose when this run was made (methods added later change nothing)
+        return json.loads(finished.read_text())["spec"]["options"]["backbone"]
     for src in ENCODER_SOURCES:
         rec = done.get((src, seed))
         if rec is not None:

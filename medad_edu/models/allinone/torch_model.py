@@ -1,0 +1,240 @@
+"""All-in-One: a prompt-driven mixture of hallucination-aware experts for universal medical anomaly detection.
+
+One network for every organ and modality (paper: Wang et al., "All-in-One: prompt-driven mixture of
+hallucination-aware experts for universal anomaly detection across multi-modal multi-organ medical images",
+seed 002 of this project; equations and hyper-parameters in ../shared/REFERENCE.md section 2):
+
+1. shared vision encoder f (Sec. 3.1, 4.3): 4 x [Conv 4x4 s2 -> BN -> ReLU] 16-32-64-64, FC 2048, FC 16 -> v;
+2. prompt encoder g (Sec. 3.2): frozen CLIP text tower + one trainable FC -> tau (``prompt_encoder.py``; the
+   frozen features of the task prompts are computed once and kept in the ``clip_features`` buffer, so a
+   checkpoint carries them);
+3. router (Eq. 1): s = TopK(softmax([v, tau] W + b)) (``router.py``);
+4. N expert decoders, each 4 x ConvTranspose 64-32-16-2 from v, channel 0 = mu^k, channel 1 = sigma^k, run as
+   one grouped computation (``experts.py``); mixture x_hat = sum_k s^k mu^k, u = sum_k s^k sigma^k (Eq. 2, 3);
+5. training (``loss.py``): L = alpha L_rn (Eq. 4) + beta L_re (Eq. 5), on normal images only;
+6. inference: anomaly map (x - x_hat)^2 exp(-u^2), image score = its mean (Sec. 3.5).
+
+Choices the paper leaves open (documented where they are made): mu^k goes through a sigmoid (images are in
+[0, 1], as in the AE baseline), sigma^k is left linear; TopK weights are renormalised over the kept experts;
+Eq. 4 uses the router's softmax before TopK with expert ``task mod N`` as target; alpha = beta = 1.
+
+Switches for the paper's ablations: ``hallucination=False`` (experts output mu only, loss = MSE, map = squared
+error; Table 2 "HQ"), ``use_prompts=False`` (router on v alone; Table 2 "TP"), ``top_k`` in 1..N (Table 3).
+Improvement behind an option (paper behaviour by default): ``error_scale`` (see ``loss.py``).
+
+The model is a plain ``nn.Module``; ``medad_edu.training`` trains it. Chapters: notebooks/10_allinone_encoder
+(encoder), 11_allinone_prompts (prompts), 12_allinone_routing (router, experts), 13_allinone_hallucination
+(Eq. 5, maps), 14_allinone_full (the whole model, Tables 1-3).
+
+Example::
+
+    from medad_edu.training import make_config, train
+    result = train(make_config("allinone", "quick", epochs=2), run_dir=None, progress=False)
+    out = result.model(images, task_ids)   # anomaly_map [B,1,S,S], pred_score [B], extras: reconstruction,
+                                           # hallucination, error, routing [B,N], features, map_no_hq, ...
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..base import AnomalyModel, AnomalyResult
+from ..components import ConvEncoder
+from . import loss as L
+from .experts import BatchedExperts
+from .prompt_encoder import DEFAULT_MODEL, PromptEncoder, embed_dim_of
+from .router import Router
+
+
+class AllInOne(AnomalyModel):
+    """The All-in-One universal anomaly detector. See the module docstring for the architecture."""
+
+    name = "allinone"
+    # The paper's settings (Sec. 4.3, Tables 2-3): 256 px, 250 epochs, batch 64, Adam 5e-4, K = N = 5.
+    PAPER = {"image_size": 256, "epochs": 250, "batch_size": 64, "lr": 5e-4,
+             "num_experts": 5, "top_k": 5, "latent": 16, "hidden": 2048}
+    # CPU: 64 px, the embedded "quick" sizes (5 tasks x 200 normal training images): 20 epochs, about 3 minutes
+    # on 2 idle CPU cores (about 90 training images/s per core at 64 px).
+    QUICK = {"image_size": 64, "epochs": 20, "batch_size": 32, "lr": 1e-3,
+             "num_experts": 5, "top_k": 5, "latent": 16, "hidden": 2048}
+
+    def __init__(self, image_size: int, task_names: list[str], prompts: list[str] | None = None,
+                 num_experts: int = 5, top_k: int | None = None, latent: int = 16, hidden: int = 2048,
+                 prompt_dim: int = 16, use_prompts: bool = True, hallucination: bool = True,
+                 alpha: float = 1.0, beta: float = 1.0, renormalize: bool = True, error_scale: float = 1.0,
+                 clip_model: str = DEFAULT_MODEL, clip_weights: str = "auto", clip_seed: int = 0):
+        top_k = num_experts if top_k is None else int(top_k)
+        super().__init__(image_size, task_names, prompts, num_experts=num_experts, top_k=top_k, latent=latent,
+                         hidden=hidden, prompt_dim=prompt_dim, use_prompts=use_prompts, hallucination=hallucination,
+                         alpha=alpha, beta=beta, renormalize=renormalize, error_scale=error_scale,
+                         clip_model=clip_model, clip_weights=clip_weights, clip_seed=clip_seed)
+        if num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1; got {num_experts}")
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k must be in 1..{num_experts} (num_experts); got {top_k}")
+        if alpha < 0 or beta <= 0:
+            raise ValueError(f"alpha must be >= 0 and beta > 0; got alpha={alpha}, beta={beta}")
+        if not error_scale > 0:
+            raise ValueError(f"error_scale must be > 0; got {error_scale}")
+        if use_prompts and prompt_dim < 1:
+            raise ValueError(f"prompt_dim must be >= 1 when prompts are used; got {prompt_dim}")
+        self.num_experts, self.top_k = int(num_experts), top_k
+        self.use_prompts, self.hallucination = bool(use_prompts), bool(hallucination)
+        self.alpha, self.beta, self.error_scale = float(alpha), float(beta), float(error_scale)
+
+        self.encoder = ConvEncoder(image_size, hidden=hidden, latent=latent)  # f: x -> v (16-d)
+        router_in = latent
+        if self.use_prompts:
+            clip_dim = embed_dim_of(clip_model)
+            # Frozen CLIP features of the task prompts, filled once (``prepare_prompts``) and saved in checkpoints.
+            self.register_buffer("clip_features", torch.zeros(self.num_tasks, clip_dim))
+            self.prompt_proj = nn.Linear(clip_dim, prompt_dim)  # the trainable FC of g
+            router_in += prompt_dim
+        self.router = Router(router_in, num_experts, top_k, renormalize)
+        self.experts = BatchedExperts(num_experts, image_size, latent=latent,
+                                      out_channels=2 if self.hallucination else 1)
+        self._prompt_encoder: PromptEncoder | None = None
+        self._prompt_identity = ""  # set when the features are computed or loaded
+        self._loaded_identity: str | None = None
+
+    # --- prompts --------------------------------------------------------------------------------------------
+    @property
+    def prompt_encoder(self) -> PromptEncoder:
+        """The frozen text tower + cache (not a submodule: its 63M weights stay out of checkpoints)."""
+        if self._prompt_encoder is None:
+            weights = self.options["clip_weights"]
+            # A loaded model encodes new prompts with the tower that made its stored features, when possible.
+            ident = self._prompt_identity or ""
+            if ":random-init:seed=" in ident:
+                weights, seed = "random", int(ident.rsplit("=", 1)[1])
+            else:
+                seed = self.options["clip_seed"]
+                if ":pretrained=" in ident and weights == "auto":
+                    weights = ident.rsplit("=", 1)[1]
+            self._prompt_encoder = PromptEncoder(self.options["clip_model"], weights=weights, seed=seed)
+        return self._prompt_encoder
+
+    @property
+    def prompt_identity(self) -> str:
+        return self._prompt_identity
+
+    def prepare_prompts(self, force: bool = False) -> None:
+        """Fill the ``clip_features`` buffer for the task prompts (from the cache when possible). Idempotent."""
+        if not self.use_prompts or (self._prompt_identity and not force):
+            return
+        feats = self.prompt_encoder.encode(self.prompts)
+        self.clip_features.copy_(feats.to(self.clip_features))
+        self._prompt_identity = self.prompt_encoder.identity
+
+    def encode_prompts(self, texts: list[str]) -> torch.Tensor:
+        """Frozen CLIP features ``[P, D]`` of arbitrary prompts (e.g. a paraphrase typed in the explorer)."""
+        if not self.use_prompts:
+            raise ValueError("this model was built with use_prompts=False; it has no prompt encoder")
+        self.prepare_prompts()
+        enc = self.prompt_encoder
+        if enc.identity != self._prompt_identity:
+            warnings.warn(f"new prompts are encoded with {enc.identity}, but the model was trained with "
+                          f"{self._prompt_identity}: their embeddings are not comparable", stacklevel=2)
+        return enc.encode(texts).to(self.clip_features)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"prompt_identity": self._prompt_identity, "prompts": list(self.prompts),
+                "clip_model": self.options["clip_model"]}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self._loaded_identity = state.get("prompt_identity", "")
+        self._prompt_identity = self._loaded_identity
+        self._prompt_encoder = None
+
+    def check_checkpoint(self, state: dict[str, Any]) -> None:
+        """Called by ``load_model``: the stored prompt features must belong to these prompts and be complete."""
+        from ...training.checkpoint import CheckpointError
+
+        extra = state["model_state"].get("_extra_state", {})
+        if extra.get("prompts") != list(self.prompts):
+            raise CheckpointError(f"checkpoint prompts {extra.get('prompts')} differ from {self.prompts}")
+        if not self.use_prompts:
+            return
+        ident = extra.get("prompt_identity", "")
+        if not ident.startswith(f"open_clip:{self.options['clip_model']}:"):
+            raise CheckpointError(f"checkpoint has no prompt-encoder identity for {self.options['clip_model']} "
+                                  f"(got {ident!r})")
+        feats = self.clip_features
+        if not torch.isfinite(feats).all() or (feats.norm(dim=-1) < 0.5).any():
+            raise CheckpointError("checkpoint's prompt features are missing or not unit vectors")
+        # Where this machine has cached the same (identity, prompt), the stored features must agree with it.
+        if ":random-init:" in ident or ":pretrained=" in ident:
+            enc = self.prompt_encoder
+            if enc.identity == ident:
+                for i, text in enumerate(self.prompts):
+                    cached = enc.cached(text)
+                    if cached is not None and not torch.allclose(cached, feats[i].cpu(), atol=1e-4):
+                        raise CheckpointError(f"stored features of prompt {text!r} differ from this machine's "
+                                              f"{ident} encoding (different open_clip/torch version?)")
+
+    # --- the network ----------------------------------------------------------------------------------------
+    def prompt_embeddings(self, task_ids: torch.Tensor, clip_features: torch.Tensor | None = None) -> torch.Tensor:
+        """tau = g(p) per image: the trainable FC on the frozen CLIP features (computed once per task, gathered)."""
+        if clip_features is not None:  # [B, D] features of arbitrary prompts, one per image
+            return self.prompt_proj(clip_features)
+        if not self._prompt_identity:
+            self.prepare_prompts()
+        return self.prompt_proj(self.clip_features)[task_ids]
+
+    def route(self, v: torch.Tensor, task_ids: torch.Tensor, top_k: int | None = None,
+              clip_features: torch.Tensor | None = None):
+        """Eq. 1 -> (weights s [B,N], probs before TopK, logits)."""
+        z = torch.cat([v, self.prompt_embeddings(task_ids, clip_features)], 1) if self.use_prompts else v
+        return self.router(z, top_k)
+
+    def mixture(self, v: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Eq. 2-3: x_hat = sum_k s^k mu^k, u = sum_k s^k sigma^k (u is None without hallucination)."""
+        out = self.experts(v)  # [B, N, C, S, S]
+        mu = torch.sigmoid(out[:, :, 0])
+        x_hat = torch.einsum("bn,bnhw->bhw", weights, mu).unsqueeze(1)
+        u = torch.einsum("bn,bnhw->bhw", weights, out[:, :, 1]).unsqueeze(1) if self.hallucination else None
+        return x_hat, u
+
+    def _run(self, images, task_ids, top_k=None, clip_features=None):
+        if task_ids is None:
+            if self.use_prompts and clip_features is None:
+                raise ValueError("allinone needs task_ids (which prompt each image has) when use_prompts=True")
+            task_ids = torch.zeros(len(images), dtype=torch.long, device=images.device)
+        v = self.encoder(images)
+        weights, probs, logits = self.route(v, task_ids, top_k, clip_features)
+        x_hat, u = self.mixture(v, weights)
+        return v, weights, probs, logits, x_hat, u, task_ids
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, task_ids = batch["image"], batch["task_id"]
+        _, _, _, logits, x_hat, u, _ = self._run(x, task_ids)
+        l_rn = L.routing_loss(logits, task_ids)
+        l_re = (L.hallucination_loss(x, x_hat, u, self.error_scale) if self.hallucination
+                else L.reconstruction_loss(x, x_hat))
+        out = {"loss": L.total_loss(l_rn, l_re, self.alpha, self.beta), "routing": l_rn.detach(),
+               "reconstruction": l_re.detach(), "mse": F.mse_loss(x_hat, x).detach()}
+        if u is not None:
+            out["u_rms"] = u.detach().pow(2).mean().sqrt()
+        return out
+
+    def forward(self, images: torch.Tensor, task_ids: torch.Tensor | None = None, top_k: int | None = None,
+                clip_features: torch.Tensor | None = None) -> AnomalyResult:
+        """Inference. ``top_k`` overrides K for this call; ``clip_features`` [B, D] replaces the task prompts."""
+        self.check_input(images, task_ids)
+        v, weights, probs, _, x_hat, u, _ = self._run(images, task_ids, top_k, clip_features)
+        err = L.squared_error(images, x_hat)
+        amap = L.anomaly_map(images, x_hat, u, self.error_scale)
+        extras = {"reconstruction": x_hat, "error": err, "routing": weights, "router_probs": probs, "features": v,
+                  "map_no_hq": err, "score_no_hq": err.flatten(1).mean(1)}
+        extras["hallucination"] = u if u is not None else torch.zeros_like(x_hat)
+        return AnomalyResult(amap, amap.flatten(1).mean(1), extras)
+
+    # --- training hooks -------------------------------------------------------------------------------------
+    def on_train_start(self, data, device: torch.device) -> None:
+        if list(data.task_names) != self.task_names:
+            raise ValueError(f"data tasks {data.task_names} differ from the model's {self.task_names}")
+        self.prepare_prompts()  # once, before the first batch: training never runs the text tower

@@ -1,0 +1,162 @@
+"""Score normalisation and fusion: turning six failure scores on six scales into one anomaly score.
+
+Each proxy task fails in its own unit (a squared error, a cross-entropy, a probability), and its failures on
+*normal* images differ by organ (a noisy ultrasound is harder to denoise than a smooth CT). Before fusing, every
+task's score is therefore compared with the same task's scores on held-out normal images of the same organ
+(the validation split's normal images, else the training images; never test images):
+
+- ``zscore``: ``z = (s - mean) / std``;
+- ``robust``: ``z = (s - median) / (1.4826 * MAD)`` (insensitive to a few odd normal images);
+- ``rank``: the mid-rank percentile of ``s`` among the reference scores,
+  ``p = (#{r < s} + 0.5 * #{r == s}) / n`` in [0, 1].
+
+The fused image score is the mean of the normalised scores over the tasks. Per-pixel failure maps are
+normalised with the mean and standard deviation of the task's map pixels on the same normal images and
+averaged into one anomaly map; the fourth rule,
+
+- ``map``: the image score is the mean of the top 1 % pixels of that fused map (only tasks with a map vote),
+
+uses that map: lesions are small, and failures of several tasks at the same place add up there instead of being
+diluted by the whole image. SSMTL (Georgescu et al., CVPR 2021) averages raw per-task scores; normalising on
+normal data first is this project's design (REFERENCE.md section 3). Built by hand and compared in
+notebooks/22_mtl_scoring.ipynb.
+
+Statistics are kept per group (the data's organ/task id) and for all groups pooled (the last row, used for a
+group with fewer than two reference images and when no group is given). They are registered buffers, so a
+checkpoint restores them. Reference scores for rank fusion are stored as up to ``max_reference`` quantiles,
+padded with ``+inf``.
+
+Example::
+
+    norm = ScoreNormalizer(num_groups=5, num_tasks=6)
+    norm.fit(valid_scores, valid_groups)                 # [N, 6] raw scores of normal images, [N] organ ids
+    fused = norm.fuse(test_scores, test_groups, "rank")  # [M]
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FUSIONS: tuple[str, ...] = ("zscore", "robust", "rank", "map")
+MAD_TO_STD = 1.4826  # MAD of a normal distribution times this = its standard deviation
+
+
+def check_fusion(name: str) -> str:
+    if name not in FUSIONS:
+        raise ValueError(f"fusion must be one of {list(FUSIONS)}; got {name!r}")
+    return name
+
+
+def mid_rank_percentile(reference_sorted: torch.Tensor, count: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """``(#{r < s} + 0.5 #{r == s}) / n`` for each score; ``reference_sorted`` ``[..., M]`` padded with +inf.
+
+    ``reference_sorted`` and ``scores`` share leading dims (``scores`` is ``[..., K]``); ``count`` is ``[...]``.
+    """
+    less = torch.searchsorted(reference_sorted.contiguous(), scores.contiguous(), right=False)
+    less_eq = torch.searchsorted(reference_sorted.contiguous(), scores.contiguous(), right=True)
+    n = count.clamp_min(1).unsqueeze(-1).to(scores.dtype)
+    return (less + less_eq).to(scores.dtype) / (2 * n)
+
+
+class ScoreNormalizer(nn.Module):
+    def __init__(self, num_groups: int, num_tasks: int, num_map_tasks: int = 0, max_reference: int = 256):
+        super().__init__()
+        if num_groups < 1 or num_tasks < 1:
+            raise ValueError(f"need num_groups >= 1 and num_tasks >= 1; got {num_groups}, {num_tasks}")
+        if max_reference < 2:
+            raise ValueError(f"max_reference must be >= 2; got {max_reference}")
+        g, t = num_groups + 1, num_tasks  # + the pooled row
+        self.num_groups, self.num_tasks, self.num_map_tasks = num_groups, num_tasks, num_map_tasks
+        self.max_reference = max_reference
+        self.register_buffer("mean", torch.zeros(g, t))
+        self.register_buffer("std", torch.ones(g, t))
+        self.register_buffer("median", torch.zeros(g, t))
+        self.register_buffer("mad", torch.ones(g, t))
+        self.register_buffer("reference", torch.full((g, t, max_reference), float("inf")))
+        self.register_buffer("count", torch.zeros(g, t, dtype=torch.long))
+        self.register_buffer("map_mean", torch.zeros(g, max(num_map_tasks, 1)))
+        self.register_buffer("map_std", torch.ones(g, max(num_map_tasks, 1)))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    # --- fitting -----------------------------------------------------------------------------------------------
+    def _rows(self, groups: torch.Tensor) -> list[torch.Tensor]:
+        """Boolean selectors of the reference images for each row (groups, then all pooled)."""
+        return [groups == gi for gi in range(self.num_groups)] + [torch.ones_like(groups, dtype=torch.bool)]
+
+    @torch.no_grad()
+    def fit(self, scores: torch.Tensor, groups: torch.Tensor, map_mean: torch.Tensor | None = None,
+            map_sq_mean: torch.Tensor | None = None, eps: float = 1e-6) -> "ScoreNormalizer":
+        """Fit on normal images: ``scores`` [N, T] raw; ``groups`` [N] in [0, G); optional per-image pixel
+        means ``map_mean`` and means of squares ``map_sq_mean`` [N, Tm] of the failure maps."""
+        scores, groups = scores.float().cpu(), groups.long().cpu()
+        if scores.ndim != 2 or scores.shape[1] != self.num_tasks or groups.shape != (len(scores),):
+            raise ValueError(f"scores must be [N, {self.num_tasks}] and groups [N]; got {tuple(scores.shape)}, "
+                             f"{tuple(groups.shape)}")
+        if len(scores) < 2:
+            raise ValueError(f"need at least 2 normal reference images to fit the normalisation; got {len(scores)}")
+        if groups.min() < 0 or groups.max() >= self.num_groups:
+            raise ValueError(f"groups must be in [0, {self.num_groups}); got {groups.unique().tolist()}")
+        rows = self._rows(groups)
+        pooled = rows[-1]
+        m = self.max_reference
+        for gi, sel in enumerate(rows):
+            if int(sel.sum()) < 2:  # too few references of this organ: use all organs pooled
+                sel = pooled
+            s = scores[sel]
+            self.mean[gi] = s.mean(0)
+            self.std[gi] = s.std(0, unbiased=False).clamp_min(eps)
+            med = s.median(0).values
+            self.median[gi] = med
+            self.mad[gi] = (MAD_TO_STD * (s - med).abs().median(0).values).clamp_min(eps)
+            ref = s.sort(0).values.T  # [T, n]
+            if ref.shape[1] > m:  # keep m evenly spaced quantiles
+                ref = torch.quantile(ref, torch.linspace(0, 1, m), dim=1).T
+            self.reference[gi] = float("inf")
+            self.reference[gi, :, :ref.shape[1]] = ref
+            self.count[gi] = ref.shape[1]
+            if map_mean is not None and self.num_map_tasks:
+                mu = map_mean.float().cpu()[sel].mean(0)
+                sq = map_sq_mean.float().cpu()[sel].mean(0)
+                self.map_mean[gi] = mu
+                self.map_std[gi] = (sq - mu ** 2).clamp_min(0).sqrt().clamp_min(eps)
+        self.fitted.fill_(True)
+        return self
+
+    # --- applying ----------------------------------------------------------------------------------------------
+    def _row(self, groups: torch.Tensor | None, n: int, device) -> torch.Tensor:
+        if groups is None:
+            return torch.full((n,), self.num_groups, dtype=torch.long, device=device)
+        return groups.long().to(device)
+
+    def normalize(self, scores: torch.Tensor, groups: torch.Tensor | None, method: str = "zscore") -> torch.Tensor:
+        """Normalised scores ``[B, T]`` (z-scores, robust z-scores or percentiles; ``map`` -> z-scores)."""
+        check_fusion(method)
+        row = self._row(groups, len(scores), scores.device)
+        if method in ("zscore", "map"):
+            return (scores - self.mean[row]) / self.std[row]
+        if method == "robust":
+            return (scores - self.median[row]) / self.mad[row]
+        return mid_rank_percentile(self.reference[row], self.count[row], scores.unsqueeze(-1)).squeeze(-1)
+
+    def fuse(self, scores: torch.Tensor, groups: torch.Tensor | None, method: str = "zscore") -> torch.Tensor:
+        """One score per image: the mean of the normalised task scores (for ``map`` use ``fuse_map``)."""
+        if method == "map":
+            raise ValueError("fusion 'map' scores the fused anomaly map: use fuse_map(maps, groups)")
+        return self.normalize(scores, groups, method).mean(1)
+
+    def fuse_map(self, maps: torch.Tensor, groups: torch.Tensor | None,
+                 top_fraction: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fused map [B,1,H,W], image score [B])``: mean of the pixel-normalised maps, then the mean of its
+        ``top_fraction`` highest pixels."""
+        fused = self.normalize_maps(maps, groups).mean(1, keepdim=True)
+        flat = fused.flatten(1)
+        k = max(1, int(round(top_fraction * flat.shape[1])))
+        return fused, flat.topk(k, dim=1).values.mean(1)
+
+    def normalize_maps(self, maps: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
+        """``[B, Tm, H, W]`` maps -> pixel z-scores with the per-(organ, task) pixel statistics."""
+        row = self._row(groups, len(maps), maps.device)
+        return (maps - self.map_mean[row][:, :, None, None]) / self.map_std[row][:, :, None, None]
+
+
+__all__ = ["FUSIONS", "MAD_TO_STD", "ScoreNormalizer", "check_fusion", "mid_rank_percentile"]

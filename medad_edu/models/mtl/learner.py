@@ -1,0 +1,174 @@
+"""MTL-MAD: a multi-task learner trained from scratch on proxy tasks, scored by how badly it solves them.
+
+The idea (seed 000, "MTL-MAD: Multi-Task Learners are Effective Medical Anomaly Detectors"): learn several
+self-supervised and pseudo-labelling tasks from scratch on normal images with one joint Mixture-of-Experts
+model; at test time an image on which the model fails its tasks is anomalous, and the failures give
+interpretable anomaly maps. Only the abstract is public, so the tasks (``proxy_tasks.py``), the MoE layer
+(``moe.py``), the network (``torch_model.py``) and the normalisation and fusion of the failure scores
+(``fusion.py``) are this project's design, in the spirit of SSMTL (Georgescu et al., CVPR 2021), SSMTL++
+(Barbalau et al., CVIU 2023) and Georgescu (arXiv 2307.07534). The book builds it in
+notebooks/20_mtl_proxy_tasks.ipynb, 21_mtl_moe.ipynb, 22_mtl_scoring.ipynb and 23_mtl_ablations.ipynb.
+
+Training: ``training_loss`` = sum of the weighted task losses + ``balance_weight`` x load-balancing term (each
+task's loss is reported too). After training, ``on_train_end`` runs every task on the validation split's
+normal images (the training images for an organ without them) and fits, per organ and per task, the score
+statistics for z-score / robust / rank fusion and the pixel statistics of the failure maps (buffers, so a
+checkpoint keeps them).
+
+Inference: ``forward(images, task_ids)`` -> ``AnomalyResult(anomaly_map, pred_score, extras)`` with
+``anomaly_map`` the mean of the pixel-normalised failure maps, ``pred_score`` the fused score (``fusion="map"``,
+the default: the mean of the top ``map_top`` = 1 % pixels of the anomaly map; ``zscore`` / ``robust`` /
+``rank``: the mean of the normalised task scores; without any map task ``map`` falls back to z-scores),
+and extras ``task_scores`` [B, T] (raw), ``task_scores_norm`` [B, T], ``task_maps`` [B, Tm, S, S]
+(normalised) and ``gates`` [B, T, E] (mean gate weights per proxy task).
+
+Options (constructor arguments, stored in checkpoints; ``--option`` on the command line):
+
+- ``proxy_tasks``: any subset of ``inpaint, denoise, rotate, jigsaw, lesion, cluster`` (default: all six);
+- ``moe`` (False: a plain shared trunk), ``num_experts``, ``top_k``, ``moe_layers``, ``balance_weight``;
+- ``width``: trunk width (channels 1x, 2x, 4x at S/2, S/4, S/8); ``clusters``: k of the pseudo-label task;
+- ``uncertainty``: heteroscedastic heads for inpainting and denoising (failure = error / predicted variance);
+- ``fusion``: ``map`` (default), ``zscore``, ``robust`` or ``rank``; ``map_top``: pooled share of the fused map;
+  ``top_fraction``: pooling of each task's own map into its image score (1 = the mean);
+- ``max_reference``: how many reference quantiles rank fusion keeps per (organ, task).
+
+Example::
+
+    from medad_edu.training import make_config, train
+    result = train(make_config("mtl", "quick", options={"proxy_tasks": ["inpaint", "lesion"]}, epochs=3))
+    out = result.model(images, task_ids)
+    out.extras["task_scores"]         # [B, T] raw failure score per proxy task
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ...data.batches import split_tensors
+from ..base import AnomalyModel, AnomalyResult
+from .fusion import ScoreNormalizer, check_fusion
+from .proxy_tasks import DEFAULT_TASKS
+from .torch_model import MTLNetwork
+
+
+class MultiTaskLearner(AnomalyModel):
+    name = "mtl"
+    # CPU, 64 px: one universal model over the five embedded tasks in a few minutes.
+    # Each training image is used by all six proxy tasks per step, so an epoch costs ~6 AE epochs.
+    QUICK: dict[str, Any] = {"epochs": 12, "batch_size": 32, "lr": 1e-3, "proxy_tasks": list(DEFAULT_TASKS),
+                             "width": 16, "num_experts": 4, "top_k": 2, "moe_layers": 2, "fusion": "map"}
+    # GPU, 256 px: the All-in-One paper's schedule (250 epochs, batch 64, Adam 5e-4), a wider trunk.
+    PAPER: dict[str, Any] = {"epochs": 250, "batch_size": 64, "lr": 5e-4, "proxy_tasks": list(DEFAULT_TASKS),
+                             "width": 32, "num_experts": 4, "top_k": 2, "moe_layers": 2, "fusion": "map"}
+
+    def __init__(self, image_size: int, task_names: list[str], prompts: list[str] | None = None,
+                 proxy_tasks: Sequence[str] = DEFAULT_TASKS, moe: bool = True, num_experts: int = 4, top_k: int = 2,
+                 moe_layers: int = 2, width: int = 16, clusters: int = 8, fusion: str = "map",
+                 balance_weight: float = 0.01, top_fraction: float = 1.0, max_reference: int = 256,
+                 uncertainty: bool = False, map_top: float = 0.01):
+        proxy_tasks = list(proxy_tasks)
+        check_fusion(fusion)
+        if not 0 < top_fraction <= 1:
+            raise ValueError(f"top_fraction must be in (0, 1]; got {top_fraction}")
+        if not 0 < map_top <= 1:
+            raise ValueError(f"map_top must be in (0, 1]; got {map_top}")
+        if balance_weight < 0:
+            raise ValueError(f"balance_weight must be >= 0; got {balance_weight}")
+        if moe and not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k must be in [1, num_experts={num_experts}]; got {top_k}")
+        super().__init__(image_size, task_names, prompts, proxy_tasks=proxy_tasks, moe=moe, num_experts=num_experts,
+                         top_k=top_k, moe_layers=moe_layers, width=width, clusters=clusters, fusion=fusion,
+                         balance_weight=balance_weight, top_fraction=top_fraction, max_reference=max_reference,
+                         uncertainty=uncertainty, map_top=map_top)
+        self.net = MTLNetwork(image_size, proxy_tasks, width=width, moe=moe, num_experts=num_experts, top_k=top_k,
+                              moe_layers=moe_layers, clusters=clusters, uncertainty=uncertainty)
+        for task in self.net.tasks.values():
+            task.top_fraction = top_fraction
+        self.fusion = fusion
+        self.map_top = map_top
+        self.balance_weight = balance_weight
+        self.normalizer = ScoreNormalizer(self.num_tasks, len(proxy_tasks), len(self.net.map_task_names),
+                                          max_reference)
+
+    @property
+    def proxy_tasks(self) -> list[str]:
+        return list(self.net.task_names)
+
+    def set_fusion(self, fusion: str) -> None:
+        """Switch the fusion rule of a trained model (the statistics for all rules are already fitted)."""
+        self.fusion = check_fusion(fusion)
+        self.options["fusion"] = fusion
+
+    # --- training ----------------------------------------------------------------------------------------------
+    def on_train_start(self, data, device: torch.device) -> None:
+        if "cluster" in self.net.tasks:  # the pseudo-labels come from k-means on the normal training images
+            self.net.tasks["cluster"].fit(split_tensors(data, "train").images)
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images = batch["image"]
+        # corruptions draw from a generator seeded by the global RNG: seeded runs repeat, resumed runs continue
+        gen = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 62, (1,))))
+        losses = self.net.losses(images, gen, batch.get("task_id"))
+        total = self.balance_weight * losses["balance"]
+        for name in self.net.task_names:
+            total = total + self.net.tasks[name].loss_weight * losses[name]
+        return {"loss": total, **losses}
+
+    def on_train_end(self, data, device: torch.device, batch_size: int = 64) -> None:
+        """Fit the normalisation statistics on held-out normal images, per organ and per proxy task."""
+        ref = self._reference_images(data)
+        scores, means, sqs = [], [], []
+        for start in range(0, len(ref[0]), batch_size):
+            images = ref[0][start:start + batch_size].to(device)
+            s, maps, _ = self.net.failures(images)
+            scores.append(s.float().cpu())
+            if maps is not None:
+                means.append(maps.float().mean((2, 3)).cpu())
+                sqs.append((maps.float() ** 2).mean((2, 3)).cpu())
+        self.normalizer.fit(torch.cat(scores), ref[1], torch.cat(means) if means else None,
+                            torch.cat(sqs) if sqs else None)
+
+    def _reference_images(self, data) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normal validation images of every organ; an organ without any uses its training images."""
+        parts_x, parts_g = [], []
+        try:
+            valid = split_tensors(data, "valid")
+        except ValueError:  # no task has a validation split
+            valid = None
+        train = split_tensors(data, "train")
+        for tid in range(len(data.tasks)):
+            if valid is not None:
+                sel = (valid.task_ids == tid) & (valid.labels == 0)
+                if int(sel.sum()) >= 2:
+                    parts_x.append(valid.images[sel])
+                    parts_g.append(valid.task_ids[sel])
+                    continue
+            sel = train.task_ids == tid
+            parts_x.append(train.images[sel])
+            parts_g.append(train.task_ids[sel])
+        return torch.cat(parts_x), torch.cat(parts_g)
+
+    # --- inference ---------------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, task_ids: torch.Tensor | None = None) -> AnomalyResult:
+        self.check_input(images, task_ids)
+        raw, maps, gates = self.net.failures(images)
+        norm = self.normalizer.normalize(raw, task_ids, self.fusion)
+        score = norm.mean(1)
+        extras = {"task_scores": raw, "task_scores_norm": norm, "gates": gates}
+        if maps is not None:
+            zmaps = self.normalizer.normalize_maps(maps, task_ids)
+            amap, map_score = self.normalizer.fuse_map(maps, task_ids, self.map_top)
+            extras["task_maps"] = zmaps
+            if self.fusion == "map":
+                score = map_score
+        else:  # no task with a map: a flat map at the (z-score fused) image score
+            amap = score.view(-1, 1, 1, 1).expand(-1, 1, self.image_size, self.image_size)
+        return AnomalyResult(amap, score, extras)
+
+    def expert_usage(self) -> torch.Tensor:
+        """Training-time expert usage ``[T, E]`` (rows = proxy tasks), for the heatmap."""
+        return self.net.expert_usage()
+
+
+__all__ = ["MultiTaskLearner"]

@@ -1,0 +1,301 @@
+"""All-in-One: shapes, router TopK, Eq. 5, batched experts, checkpoints, the prompt-encoder fallback."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from medad_edu.data import ArraySplit, MultiTaskData, TaskData
+from medad_edu.models.allinone import (AllInOne, BatchedExperts, PretrainedWeightsWarning, PromptEncoder, Router,
+                                       hallucination_loss, optimal_u, routing_loss, topk_weights)
+from medad_edu.models.allinone import prompt_encoder as pe
+from medad_edu.models.components import ConvDecoder
+
+PROMPTS = ["Brain MRI slice.", "Head CT slice.", "Retinal fundus image."]
+TASKS = ["brain_mri", "head_ct", "fundus"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prompt_cache(tmp_path_factory):
+    """A private prompt cache, offline, with the three prompts encoded once (one text-tower build)."""
+    mp = pytest.MonkeyPatch()
+    cache = tmp_path_factory.mktemp("prompt_cache")
+    mp.setenv(pe.ENV_CACHE_DIR, str(cache))
+    mp.setenv(pe.ENV_OFFLINE, "1")
+    mp.delenv(pe.ENV_CHECKPOINT, raising=False)
+    pe.clear_memory_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PretrainedWeightsWarning)
+        PromptEncoder().encode(PROMPTS)
+    yield cache
+    mp.undo()
+
+
+def _tiny_data(size: int = 32, n_train: int = 16, seed: int = 0) -> MultiTaskData:
+    rng = np.random.default_rng(seed)
+    tasks = []
+    for t, (name, prompt) in enumerate(zip(TASKS, PROMPTS)):
+        base = 0.2 + 0.2 * t
+        def imgs(n):
+            return np.clip(base + 0.05 * rng.standard_normal((n, size, size)), 0, 1).astype(np.float32)
+        test = imgs(8)
+        labels = np.array([0] * 4 + [1] * 4)
+        masks = np.zeros_like(test, np.uint8)
+        masks[4:, 8:16, 8:16] = 1
+        test[4:, 8:16, 8:16] = 1.0
+        valid = imgs(4)
+        valid[2:, 8:16, 8:16] = 1.0
+        tasks.append(TaskData(name, prompt, train=ArraySplit(imgs(n_train), np.zeros(n_train)),
+                              valid=ArraySplit(valid, [0, 0, 1, 1]), test=ArraySplit(test, labels, masks)))
+    return MultiTaskData(tasks, size)
+
+
+# --- shapes ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size,batch", [(64, 4), (256, 2)])
+def test_shapes(size, batch):
+    torch.manual_seed(0)
+    model = AllInOne(size, TASKS, PROMPTS).eval()
+    x, tid = torch.rand(batch, 1, size, size), torch.tensor([0, 2, 1, 0][:batch])
+    with torch.no_grad():
+        out = model(x, tid)
+    assert out.anomaly_map.shape == (batch, 1, size, size) and out.pred_score.shape == (batch,)
+    for key in ("reconstruction", "hallucination", "error", "map_no_hq"):
+        assert out.extras[key].shape == (batch, 1, size, size), key
+    assert out.extras["routing"].shape == (batch, 5) and out.extras["features"].shape == (batch, 16)
+    assert out.extras["score_no_hq"].shape == (batch,)
+    torch.testing.assert_close(out.pred_score, out.anomaly_map.flatten(1).mean(1))
+    expected = (x - out.extras["reconstruction"]) ** 2 * torch.exp(-out.extras["hallucination"] ** 2)
+    torch.testing.assert_close(out.anomaly_map, expected)
+    torch.testing.assert_close(out.extras["error"], (x - out.extras["reconstruction"]) ** 2)
+    assert model.encoder.grid == size // 16
+    if size == 64:
+        losses = model.train().training_loss({"image": x, "task_id": tid})
+        assert losses["loss"].ndim == 0 and torch.isfinite(losses["loss"])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="top_k"):
+        AllInOne(64, TASKS, PROMPTS, num_experts=3, top_k=4)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        AllInOne(40, TASKS, PROMPTS)
+    with pytest.raises(ValueError, match="grey"):
+        AllInOne(32, TASKS, PROMPTS, use_prompts=False)(torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))
+
+
+# --- router ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_router_topk(k):
+    torch.manual_seed(k)
+    router = Router(in_features=8, num_experts=5, top_k=k)
+    z = torch.randn(16, 8)
+    weights, probs, logits = router(z)
+    assert ((weights > 0).sum(1) == k).all()
+    torch.testing.assert_close(weights.sum(1), torch.ones(16))
+    # the kept experts are the k most probable ones, in the same proportions as the softmax
+    top = probs.topk(k, dim=1).indices
+    assert (weights.gather(1, top) > 0).all()
+    torch.testing.assert_close(weights.gather(1, top), probs.gather(1, top) / probs.gather(1, top).sum(1, True))
+    # gradients reach the router through the kept weights (for k = 1 the renormalised weight is exactly 1)
+    target = torch.randn(16, 5)
+    (weights * target).sum().backward()
+    grad = float(router.fc.weight.grad.abs().sum())
+    assert grad > 1e-3 if k > 1 else grad < 1e-5
+    router.zero_grad()
+    routing_loss(router(z)[2], torch.arange(16) % 5).backward()
+    assert router.fc.weight.grad.abs().sum() > 0
+
+
+def test_topk_without_renormalisation_and_full_k():
+    probs = torch.tensor([[0.1, 0.5, 0.4], [0.3, 0.3, 0.4]])
+    torch.testing.assert_close(topk_weights(probs, 2, renormalize=False), torch.tensor([[0.0, 0.5, 0.4], [0.3, 0.0, 0.4]]))
+    torch.testing.assert_close(topk_weights(probs, 3), probs)
+    with pytest.raises(ValueError, match="top_k"):
+        topk_weights(probs, 0)
+
+
+def test_routing_loss_is_eq4():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])
+    task = torch.tensor([0, 4])  # 4 tasks > 3 experts: task 4 -> expert 1
+    p = logits.softmax(1)
+    hand = -(torch.log(p[0, 0]) + torch.log(p[1, 1])) / 2
+    torch.testing.assert_close(routing_loss(logits, task), hand)
+
+
+# --- Eq. 5 ------------------------------------------------------------------------------------------------------
+def test_hallucination_loss_by_hand():
+    x = torch.tensor([[[[0.0, 1.0], [0.5, 0.2]]]])
+    x_hat = torch.tensor([[[[0.5, 0.0], [0.5, 0.1]]]])
+    u = torch.tensor([[[[1.0, -2.0], [0.0, 0.5]]]])
+    terms = []
+    for xi, xh, ui in zip([0.0, 1.0, 0.5, 0.2], [0.5, 0.0, 0.5, 0.1], [1.0, -2.0, 0.0, 0.5]):
+        terms.append((xi - xh) ** 2 * np.exp(-ui ** 2) + ui ** 2)
+    hand = sum(terms) / 4  # |B| = 1, M = 4
+    assert abs(float(hallucination_loss(x, x_hat, u)) - hand) < 1e-6
+    # error_scale gamma multiplies the squared error
+    hand3 = sum(3 * (a - b) ** 2 * np.exp(-c ** 2) + c ** 2 for a, b, c in
+                zip([0.0, 1.0, 0.5, 0.2], [0.5, 0.0, 0.5, 0.1], [1.0, -2.0, 0.0, 0.5])) / 4
+    assert abs(float(hallucination_loss(x, x_hat, u, error_scale=3.0)) - hand3) < 1e-6
+
+
+def test_optimal_u_minimises_eq5():
+    err = torch.tensor([0.01, 0.5, 1.0, 2.0, 9.0])
+    grid = torch.linspace(0, 3, 30001)
+    f = err[:, None] * torch.exp(-grid[None] ** 2) + grid[None] ** 2
+    best = grid[f.argmin(1)]
+    torch.testing.assert_close(optimal_u(err), best, atol=2e-3, rtol=0)
+    assert optimal_u(err)[:3].abs().max() == 0  # squared errors <= 1: u* = 0
+
+
+# --- batched experts --------------------------------------------------------------------------------------------
+def test_batched_experts_match_a_loop_over_experts():
+    torch.manual_seed(0)
+    decoders = [ConvDecoder(32, out_channels=2) for _ in range(3)]
+    for d in decoders:  # non-trivial BatchNorm statistics and affine parameters
+        for m in d.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.2, 0.2)
+    experts = BatchedExperts.from_decoders(decoders)
+    z = torch.randn(6, 16)
+    for train in (False, True):
+        experts.train(train)
+        for d in decoders:
+            d.train(train)
+        loop = torch.stack([d(z) for d in decoders], 1)
+        torch.testing.assert_close(experts(z), loop, atol=1e-5, rtol=1e-4)
+    # gradients match too (training mode)
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    w = torch.randn(6, 3, 2, 32, 32)
+    (experts(z1) * w).sum().backward()
+    (torch.stack([d(z2) for d in decoders], 1) * w).sum().backward()
+    torch.testing.assert_close(z1.grad, z2.grad, atol=1e-4, rtol=1e-4)
+    back = experts.to_decoders()
+    torch.testing.assert_close(back[1].fc.weight, decoders[1].fc.weight)
+
+
+def test_mixture_is_eq2_eq3():
+    torch.manual_seed(0)
+    model = AllInOne(32, TASKS, PROMPTS, top_k=2).eval()
+    x, tid = torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        out = model(x, tid)
+        v = model.encoder(x)
+        raw = torch.stack([d.eval()(v) for d in model.experts.to_decoders()], 1)  # [B, N, 2, S, S]
+        s = out.extras["routing"]
+        x_hat = (s[:, :, None, None] * torch.sigmoid(raw[:, :, 0])).sum(1, keepdim=True)
+        u = (s[:, :, None, None] * raw[:, :, 1]).sum(1, keepdim=True)
+    assert ((s > 0).sum(1) == 2).all()
+    torch.testing.assert_close(out.extras["reconstruction"], x_hat, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.extras["hallucination"], u, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.extras["features"], v)
+
+
+def test_ablation_switches():
+    torch.manual_seed(0)
+    x, tid = torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 2, 0])
+    no_hq = AllInOne(32, TASKS, PROMPTS, hallucination=False)
+    assert no_hq.experts.out_channels == 1
+    losses = no_hq.train().training_loss({"image": x, "task_id": tid})
+    torch.testing.assert_close(losses["reconstruction"], losses["mse"])
+    out = no_hq.eval()(x, tid)
+    torch.testing.assert_close(out.anomaly_map, out.extras["error"])
+    no_tp = AllInOne(32, TASKS, PROMPTS, use_prompts=False).eval()
+    assert no_tp.router.fc.in_features == 16 and not hasattr(no_tp, "prompt_proj")
+    out = no_tp(x, None)  # prompt-less routing needs no task ids at inference
+    assert out.extras["routing"].shape == (4, 5)
+    with_tp = AllInOne(32, TASKS, PROMPTS).eval()
+    assert with_tp.router.fc.in_features == 32
+    with pytest.raises(ValueError, match="task_ids"):
+        with_tp(x, None)
+    k1 = with_tp(x, tid, top_k=1).extras["routing"]
+    assert ((k1 > 0).sum(1) == 1).all()
+
+
+# --- training, checkpoints, resume -----------------------------------------------------------------------------
+def test_checkpoint_save_load_resume(tmp_path):
+    from medad_edu.training import CheckpointError, load_model, make_config, read_checkpoint, train
+
+    data = _tiny_data(n_train=8)
+    opts = {"hidden": 128, "num_experts": 3, "top_k": 2}  # small and fast; the code path is the same
+    cfg = make_config("allinone", "quick", options=opts, image_size=32, epochs=1, batch_size=8, sizes="tiny")
+    run = tmp_path / "run"
+    res = train(cfg, run, data=data, progress=False, log=lambda m: None)
+    assert len(res.history) == 1 and np.isfinite(res.history[0]["loss"])
+    state = read_checkpoint(run)
+    assert state["model_state"]["_extra_state"]["prompt_identity"] == "open_clip:ViT-B-32:random-init:seed=0"
+    model, _ = load_model(run)
+    x, tid = torch.rand(5, 1, 32, 32), torch.tensor([0, 1, 2, 1, 0])
+    with torch.no_grad():
+        a, b = res.model.eval()(x, tid), model(x, tid)
+    torch.testing.assert_close(a.anomaly_map, b.anomaly_map)
+    torch.testing.assert_close(model.clip_features, res.model.clip_features)
+    assert model.prompt_identity == res.model.prompt_identity
+    # resume: asking for 2 epochs continues after epoch 1, and the result equals a 2-epoch run from scratch
+    logs = []
+    res2 = train(make_config("allinone", "quick", options=opts, image_size=32, epochs=2, batch_size=8), run,
+                 data=data, progress=False, log=logs.append)
+    assert any("resuming after epoch 1" in m for m in logs) and len(res2.history) == 2
+    fresh = train(make_config("allinone", "quick", options=opts, image_size=32, epochs=2, batch_size=8), None,
+                  data=data, progress=False, log=lambda m: None)
+    with torch.no_grad():
+        torch.testing.assert_close(res2.model.eval()(x, tid).pred_score, fresh.model.eval()(x, tid).pred_score,
+                                   atol=1e-5, rtol=1e-4)
+    # a tampered prompt-encoder identity is refused
+    state = read_checkpoint(run)
+    state["model_state"]["_extra_state"]["prompt_identity"] = "open_clip:RN50:random-init:seed=0"
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="identity"):
+        load_model(tmp_path / "bad.pt")
+
+
+# --- prompt encoder fallback and caches -----------------------------------------------------------------------
+def test_prompt_encoder_offline_fallback_and_caches(prompt_cache, tmp_path):
+    pe._WARNED.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        a, b = PromptEncoder(), PromptEncoder()
+        assert a.identity == b.identity == "open_clip:ViT-B-32:random-init:seed=0"
+        assert not a.pretrained
+    fallback = [w for w in caught if issubclass(w.category, PretrainedWeightsWarning)]
+    assert len(fallback) == 1 and "offline" in str(fallback[0].message)
+    # disk cache hit: nothing in memory, no tower built
+    pe.clear_memory_cache()
+    enc = PromptEncoder()
+    feats = enc.encode(PROMPTS)
+    assert enc.stats == {"memory": 0, "disk": 3, "computed": 0} and not pe._TOWERS
+    assert feats.shape == (3, 512)
+    torch.testing.assert_close(feats.norm(dim=1), torch.ones(3))
+    # deterministic: a fresh random tower with the same seed, no cache, gives the same embeddings
+    fresh = PromptEncoder(cache_dir=tmp_path, disk_cache=False)
+    pe.clear_memory_cache()
+    torch.testing.assert_close(fresh.encode(PROMPTS[:1]), feats[:1], atol=1e-5, rtol=0)
+    assert fresh.stats["computed"] == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PretrainedWeightsWarning)
+        assert PromptEncoder(seed=1).identity != enc.identity  # another seed is another cache key
+    assert (prompt_cache / "prompt_embeddings").is_dir()
+    with pytest.raises(ValueError, match="does not exist"):
+        PromptEncoder(weights="/no/such/clip.pt").identity
+
+
+# --- explorer (static path) ----------------------------------------------------------------------------------
+def test_explorer_static_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from medad_edu.interface.explorer import analyse, explore
+
+    data = _tiny_data(n_train=4)
+    torch.manual_seed(0)
+    model = AllInOne(32, TASKS, PROMPTS, top_k=2).eval()
+    res = analyse(model, data, task="head_ct", index=5, top_k=1)
+    assert res["label"] == 1 and res["task"] == "head_ct" and res["map"].shape == (32, 32)
+    assert (res["extras"]["routing"] > 0).sum() == 1
+    fig = explore(model, data, static=True, task="fundus", index=0, prompt="Brain MRI slice.", threshold=0.01)
+    assert len(fig.axes) == 6 and "Brain MRI slice." in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="index"):
+        analyse(model, data, task=0, index=99)

@@ -1,0 +1,433 @@
+"""Tests of the multi-task learner (medad_edu.models.mtl): proxy tasks, MoE gating and balancing, fusion,
+the model's contract and its checkpoints. Small images (16-32 px), narrow trunks, a few steps."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medad_edu.data import ArraySplit, MultiTaskData, TaskData
+from medad_edu.models.mtl import (DEFAULT_TASKS, PROXY_TASKS, MoELayer, MTLNetwork, MultiTaskLearner,
+                                  ScoreNormalizer, balance_loss, make_task, mid_rank_percentile, topk_gate)
+from medad_edu.models.mtl.proxy_tasks import Inpainting, Jigsaw, Orientation, PseudoLabel, pool_map
+
+S = 32
+CH = (4, 8, 16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: one thread avoids OpenMP overhead (and spin-waiting on a busy machine)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def smooth_images(n: int, size: int = S, seed: int = 0) -> torch.Tensor:
+    """Blobby images in [0, 1] with a clear up/down structure (so orientation is learnable)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 1, 4, 4, generator=g)
+    x = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    ramp = torch.linspace(0, 1, size).view(1, 1, size, 1)
+    return (0.5 * x + 0.5 * ramp).clamp(0, 1)
+
+
+def fitted_task(name: str, size: int = S):
+    task = make_task(name, size, CH)
+    if name == "cluster":
+        task.fit(smooth_images(16, size, seed=5))
+    return task
+
+
+# --- proxy tasks -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", DEFAULT_TASKS)
+def test_corrupt_is_deterministic_under_a_seed_and_seeds_differ(name):
+    task = fitted_task(name)
+    x = smooth_images(6)
+    a_in, a_t = task.corrupt(x, torch.Generator().manual_seed(3))
+    b_in, b_t = task.corrupt(x, torch.Generator().manual_seed(3))
+    c_in, c_t = task.corrupt(x, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(a_in, b_in)
+    for k in a_t:
+        torch.testing.assert_close(a_t[k], b_t[k])
+    assert a_in.shape == x.shape
+    differ = not torch.equal(a_in, c_in) or any(not torch.equal(a_t[k], c_t[k]) for k in a_t)
+    assert differ, f"{name}: seeds 3 and 4 gave the same corruption"
+
+
+@pytest.mark.parametrize("name", DEFAULT_TASKS)
+def test_views_are_fixed_and_independent_of_the_batch(name):
+    task = fitted_task(name)
+    x = smooth_images(5)
+    inp, tg = task.views(x)
+    assert inp.shape == (task.num_views * 5, 1, S, S)
+    inp1, tg1 = task.views(x[2:3])  # image 2 alone gets the same views as inside the batch
+    torch.testing.assert_close(inp.unflatten(0, (task.num_views, 5))[:, 2], inp1)
+    inp2, _ = task.views(x)
+    torch.testing.assert_close(inp, inp2)
+
+
+@pytest.mark.parametrize("name", DEFAULT_TASKS)
+def test_loss_decreases_on_a_tiny_batch(name):
+    torch.manual_seed(0)
+    size = 16
+    net = MTLNetwork(size, [name], width=4, num_experts=2, top_k=1, moe_layers=1)
+    task = net.tasks[name]
+    if name == "cluster":
+        task.fit(smooth_images(16, size, seed=5))
+    x = smooth_images(6, size, seed=1)
+    inputs, targets = task.corrupt(x, torch.Generator().manual_seed(0))  # fixed corruption: a clean descent
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(10):
+        loss = task.loss(net.forward_task(name, inputs), targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.85 * losses[0], f"{name}: {losses}"
+
+
+@pytest.mark.parametrize("name", DEFAULT_TASKS)
+def test_failure_shapes(name):
+    task = fitted_task(name)
+    x = smooth_images(3)
+    inputs, targets = task.views(x)
+    net = MTLNetwork(S, [name], width=4, num_experts=2, top_k=1, moe_layers=1)
+    net.tasks[name].load_state_dict(task.state_dict())
+    score, amap = task.failure(net.forward_task(name, inputs), targets)
+    assert score.shape == (3,) and torch.isfinite(score).all()
+    assert (amap is None) == (not task.has_map)
+    if amap is not None:
+        assert amap.shape == (3, 1, S, S) and (amap >= 0).all()
+
+
+def test_inpainting_masks_partition_the_image_and_fill_is_out_of_range():
+    task = Inpainting(S, CH)
+    masks = task.view_masks(torch.zeros(1))
+    torch.testing.assert_close(masks.sum(0), torch.ones(1, S, S))
+    x = smooth_images(2)
+    inp, tg = task.corrupt(x, torch.Generator().manual_seed(0))
+    m = tg["mask"].bool()
+    assert m.any() and (inp[m] == -1).all() and torch.equal(inp[~m], x[~m])
+    # failure: each pixel's error counted once, from the view in which it was hidden
+    vin, vt = task.views(x)
+    out = torch.zeros_like(vin)  # predicting black
+    score, amap = task.failure(out, vt)
+    torch.testing.assert_close(amap, x ** 2)
+    torch.testing.assert_close(score, (x ** 2).mean((1, 2, 3)))
+
+
+def test_jigsaw_shuffle_and_failure_map_by_hand():
+    task = Jigsaw(16, CH, grid=2)
+    x = torch.arange(16 * 16, dtype=torch.float32).view(1, 1, 16, 16)
+    torch.testing.assert_close(task.untile(task.tiles(x)), x)
+    perm = torch.tensor([[3, 2, 1, 0]])  # cell j holds tile perm[j]
+    y = task.shuffle(x, perm)
+    torch.testing.assert_close(y[..., :8, :8], x[..., 8:, 8:])  # cell 0 holds the bottom-right tile
+    torch.testing.assert_close(y[..., :8, 8:], x[..., 8:, :8])
+    # a confident wrong answer only for the tile now in cell 1 (tile 2, bottom-left originally)
+    logits = torch.full((1, 4, 2, 2), -10.0)
+    for cell, tile in enumerate(perm[0].tolist()):
+        logits[0, tile, cell // 2, cell % 2] = 10.0
+    logits[0, :, 0, 1] = torch.tensor([10.0, -10, -10, -10])
+    task.num_views = 1
+    score, amap = task.failure(logits, {"label": perm.view(1, 2, 2)})
+    assert amap[0, 0, 12, 4] > 10 and amap[0, 0, 4, 4] < 1e-3 and amap[0, 0, 4, 12] < 1e-3  # bottom-left high
+
+
+def test_orientation_labels_are_quarter_turns():
+    task = Orientation(S, CH)
+    x = smooth_images(4)
+    inp, tg = task.corrupt(x, torch.Generator().manual_seed(1))
+    for i in range(4):
+        torch.testing.assert_close(inp[i], torch.rot90(x[i], int(tg["label"][i]), dims=(-2, -1)))
+    vin, vt = task.views(x)
+    assert vt["label"].tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+
+
+def test_lesion_target_is_inside_the_shape_and_clean_images_are_untouched():
+    task = make_task("lesion", S, CH, p_clean=0.3)
+    x = smooth_images(32)
+    g = torch.Generator().manual_seed(2)
+    inp, tg = task.corrupt(x, g)
+    clean = tg["kind"] < 0
+    assert clean.any() and (~clean).any()
+    torch.testing.assert_close(inp[clean], x[clean].clamp(0, 1))
+    assert tg["mask"][clean].sum() == 0
+    assert tg["mask"][~clean].sum() > 0
+    changed = (inp - x).abs() > 1e-6
+    assert (tg["mask"].bool() & ~changed).float().mean() < 0.05  # labelled pixels did change (up to the soft edge)
+    assert set(tg["kind"].tolist()) <= {-1, 0, 1, 2}
+
+
+def test_pseudo_label_kmeans_finds_obvious_clusters():
+    task = PseudoLabel(S, CH, clusters=2)
+    x = torch.cat([torch.full((5, 1, S, S), 0.1), torch.full((5, 1, S, S), 0.9)])
+    x = x + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    task.fit(x)
+    lab = task.labels(x)
+    assert lab[:5].unique().numel() == 1 and lab[5:].unique().numel() == 1 and lab[0] != lab[5]
+    with pytest.raises(RuntimeError):
+        PseudoLabel(S, CH).labels(x)
+
+
+def test_pool_map_top_fraction():
+    amap = torch.arange(100, dtype=torch.float32).view(1, 1, 10, 10)
+    assert float(pool_map(amap, 1.0)) == pytest.approx(49.5)
+    assert float(pool_map(amap, 0.05)) == pytest.approx(97.0)  # mean of 95..99
+
+
+def test_unknown_task_and_bad_options_raise():
+    with pytest.raises(ValueError, match="unknown proxy task"):
+        MultiTaskLearner(S, ["a"], proxy_tasks=["inpaint", "nope"])
+    with pytest.raises(ValueError, match="fusion"):
+        MultiTaskLearner(S, ["a"], fusion="max")
+    with pytest.raises(ValueError, match="top_k"):
+        MultiTaskLearner(S, ["a"], num_experts=2, top_k=3)
+    with pytest.raises(ValueError, match="images must be"):
+        Inpainting(S, CH).corrupt(torch.rand(2, 1, 16, 16), torch.Generator())
+
+
+# --- MoE ---------------------------------------------------------------------------------------------------------
+def test_gate_weights_sum_to_one_with_top_k_nonzero():
+    torch.manual_seed(0)
+    moe = MoELayer(16, num_experts=5, num_tasks=3, top_k=2)
+    h, task = torch.randn(7, 16, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    probs, w = moe.gate(h, task)
+    torch.testing.assert_close(probs.sum(1), torch.ones(7))
+    torch.testing.assert_close(w.sum(1), torch.ones(7))
+    assert ((w > 0).sum(1) == 2).all()
+    top2 = probs.topk(2, 1).indices.sort(1).values
+    assert torch.equal((w > 0).nonzero()[:, 1].view(7, 2), top2)
+    # by hand: softmax(W_x GAP(h) + b + U[t])
+    logits = h.mean((2, 3)) @ moe.gate_x.weight.T + moe.gate_x.bias + moe.gate_task[task]
+    torch.testing.assert_close(probs, logits.softmax(1))
+
+
+def test_task_conditioning_changes_the_gate():
+    torch.manual_seed(0)
+    moe = MoELayer(8, num_experts=4, num_tasks=2, top_k=1)
+    with torch.no_grad():
+        moe.gate_task.copy_(torch.tensor([[5.0, 0, 0, 0], [0, 0, 0, 5.0]]))
+    h = torch.randn(3, 8, 4, 4).repeat(2, 1, 1, 1)
+    _, w = moe.gate(h, torch.tensor([0, 0, 0, 1, 1, 1]))
+    assert (w[:3, 0] == 1).all() and (w[3:, 3] == 1).all()
+
+
+def test_sparse_experts_match_the_dense_reference_and_usage_is_recorded():
+    torch.manual_seed(1)
+    moe = MoELayer(8, num_experts=4, num_tasks=3, top_k=2)
+    h, task = torch.randn(6, 8, 4, 4), torch.tensor([0, 1, 2, 2, 1, 0])
+    moe.eval()
+    out, info = moe(h, task)
+    torch.testing.assert_close(out, moe.forward_dense(h, task))
+    assert moe.usage.sum() == 0  # not recorded in eval mode
+    moe.train()
+    moe(h, task)
+    torch.testing.assert_close(moe.usage.sum(1), torch.tensor([2.0, 2.0, 2.0]))
+    torch.testing.assert_close(moe.expert_usage().sum(1), torch.ones(3))
+    # one sample alone gets the same output as in the batch (GroupNorm: no batch coupling)
+    moe.eval()
+    torch.testing.assert_close(moe(h[2:3], task[2:3])[0], out[2:3])
+
+
+def test_balance_loss_uniform_is_minimal_and_matches_hand_computation():
+    e = 4
+    uniform = torch.full((8, e), 1 / e)
+    w_uniform = torch.eye(e).repeat(2, 1)  # each expert gets 2 of 8 slots
+    assert float(balance_loss(uniform, w_uniform)) == pytest.approx(1.0)
+    collapsed = torch.tensor([[1.0, 0, 0, 0]]).repeat(8, 1)
+    assert float(balance_loss(collapsed, collapsed)) == pytest.approx(e)
+    # hand computation: f = routed share, P = mean prob, L = E * sum f P
+    probs = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.6, 0.3, 0.05, 0.05], [0.2, 0.5, 0.2, 0.1]])
+    w = topk_gate(probs, 1)
+    f = np.array([2, 1, 0, 0]) / 3
+    p = probs.numpy().mean(0)
+    assert float(balance_loss(probs, w)) == pytest.approx(e * float((f * p).sum()), rel=1e-6)
+    # random gates are never better balanced than uniform usage
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        pr = torch.rand(16, e, generator=g).softmax(1)
+        assert float(balance_loss(pr, topk_gate(pr, 1))) >= 1.0 - 1e-6
+
+
+def test_moe_false_is_a_plain_trunk():
+    net = MTLNetwork(S, ["inpaint", "rotate"], width=4, moe=False)
+    assert all(layer.num_experts == 1 for layer in net.moe)
+    losses = net.losses(smooth_images(2), torch.Generator().manual_seed(0))
+    assert float(losses["balance"]) == 0.0
+
+
+# --- fusion ------------------------------------------------------------------------------------------------------
+def _ref_scores():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(12, 3, generator=g) * torch.tensor([1.0, 10.0, 0.1])
+    groups = torch.tensor([0] * 5 + [1] * 6 + [2])  # organ 2 has a single reference -> pooled row
+    return scores, groups
+
+
+def test_zscore_and_robust_fusion_match_hand_computation():
+    scores, groups = _ref_scores()
+    norm = ScoreNormalizer(3, 3).fit(scores, groups)
+    s = scores.numpy().astype(np.float64)
+    test = torch.tensor([[0.5, 5.0, 0.05], [2.0, 1.0, 0.2], [0.1, 0.1, 0.1]])
+    tg = torch.tensor([0, 1, 2])
+    rows = [s[:5], s[5:11], s]  # organ 2 falls back to all organs
+    z = np.stack([(test.numpy()[i] - r.mean(0)) / r.std(0) for i, r in enumerate(rows)])
+    np.testing.assert_allclose(norm.normalize(test, tg, "zscore").numpy(), z, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(norm.fuse(test, tg, "zscore").numpy(), z.mean(1), rtol=1e-5, atol=1e-5)
+    rz = np.stack([(test.numpy()[i] - np.median(r, 0)) / (1.4826 * np.median(np.abs(r - np.median(r, 0)), 0))
+                   for i, r in enumerate(rows)])
+    # torch's median of an even count is the lower middle value; compare with the same convention
+    low_med = lambda a: np.sort(a, 0)[(len(a) - 1) // 2]  # noqa: E731
+    rz = np.stack([(test.numpy()[i] - low_med(r)) / (1.4826 * low_med(np.abs(r - low_med(r))))
+                   for i, r in enumerate(rows)])
+    np.testing.assert_allclose(norm.normalize(test, tg, "robust").numpy(), rz, rtol=1e-5, atol=1e-5)
+    # no group given: the pooled statistics
+    np.testing.assert_allclose(norm.normalize(test, None, "zscore").numpy(), (test.numpy() - s.mean(0)) / s.std(0), atol=1e-5,
+                               rtol=1e-5)
+
+
+def test_rank_fusion_matches_hand_computation_with_ties():
+    ref = torch.tensor([[1.0], [2.0], [2.0], [3.0], [5.0]])
+    norm = ScoreNormalizer(1, 1).fit(ref, torch.zeros(5, dtype=torch.long))
+    test = torch.tensor([[0.0], [2.0], [4.0], [9.0], [1.0]])
+    want = [0.0, (1 + 0.5 * 2) / 5, 4 / 5, 1.0, 0.5 / 5]
+    np.testing.assert_allclose(norm.normalize(test, torch.zeros(5, dtype=torch.long), "rank").numpy()[:, 0], want,
+                               rtol=1e-6)
+    # the same with numpy, for random data
+    scores, groups = _ref_scores()
+    norm = ScoreNormalizer(3, 3).fit(scores, groups)
+    t = torch.rand(4, 3, generator=torch.Generator().manual_seed(1)) * torch.tensor([1.0, 10.0, 0.1])
+    r0 = scores[:5].numpy()
+    hand = ((r0[None] < t.numpy()[:, None]).sum(1) + 0.5 * (r0[None] == t.numpy()[:, None]).sum(1)) / 5
+    got = norm.normalize(t, torch.zeros(4, dtype=torch.long), "rank").numpy()
+    np.testing.assert_allclose(got, hand, rtol=1e-6)
+    np.testing.assert_allclose(norm.fuse(t, torch.zeros(4, dtype=torch.long), "rank").numpy(), hand.mean(1),
+                               rtol=1e-6)
+
+
+def test_rank_reference_is_subsampled_to_quantiles():
+    ref = torch.arange(1000, dtype=torch.float32).view(-1, 1)
+    norm = ScoreNormalizer(1, 1, max_reference=11).fit(ref, torch.zeros(1000, dtype=torch.long))
+    torch.testing.assert_close(norm.reference[0, 0], torch.linspace(0, 999, 11))
+    p = mid_rank_percentile(norm.reference[:1], norm.count[:1], torch.tensor([[[500.0]]]))
+    assert float(p) == pytest.approx(0.5, abs=0.05)
+
+
+def test_map_normalisation_matches_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(6, 2, 8, 8, generator=g)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    norm = ScoreNormalizer(2, 2, num_map_tasks=2).fit(torch.rand(6, 2, generator=g), groups, maps.mean((2, 3)),
+                                                      (maps ** 2).mean((2, 3)))
+    pix = maps[:3].transpose(0, 1).reshape(2, -1)
+    mu, sd = pix.mean(1), pix.std(1, unbiased=False)
+    got = norm.normalize_maps(maps[:1], torch.tensor([0]))
+    torch.testing.assert_close(got, (maps[:1] - mu.view(1, 2, 1, 1)) / sd.view(1, 2, 1, 1), rtol=1e-4, atol=1e-5)
+
+
+# --- the model ---------------------------------------------------------------------------------------------------
+def tiny_data(size: int = S, n: int = 16) -> MultiTaskData:
+    tasks = []
+    for tid, name in enumerate(["alpha", "beta"]):
+        imgs = smooth_images(n, size, seed=10 + tid).numpy()[:, 0] * (0.6 + 0.3 * tid)
+        valid = smooth_images(8, size, seed=20 + tid).numpy()[:, 0] * (0.6 + 0.3 * tid)
+        test = smooth_images(8, size, seed=30 + tid).numpy()[:, 0] * (0.6 + 0.3 * tid)
+        masks = np.zeros_like(test, np.uint8)
+        test[4:, 10:16, 10:16] = 1.0
+        masks[4:, 10:16, 10:16] = 1
+        vlab = np.array([0] * 6 + [1] * 2)
+        valid[6:, 5:9, 5:9] = 1.0
+        tasks.append(TaskData(name, "", train=ArraySplit(imgs, np.zeros(n)), valid=ArraySplit(valid, vlab),
+                              test=ArraySplit(test, [0] * 4 + [1] * 4, masks)))
+    return MultiTaskData(tasks, size)
+
+
+@pytest.mark.parametrize("size", [64, 256])
+def test_forward_shapes(size):
+    model = MultiTaskLearner(size, ["alpha", "beta"], width=4, clusters=2)
+    model.net.tasks["cluster"].fit(smooth_images(4, size))
+    model.eval()
+    x = smooth_images(2, size)
+    out = model(x, torch.tensor([0, 1]))
+    t, tm = len(DEFAULT_TASKS), sum(PROXY_TASKS[n].has_map for n in DEFAULT_TASKS)
+    assert out.anomaly_map.shape == (2, 1, size, size) and out.pred_score.shape == (2,)
+    assert out.extras["task_scores"].shape == (2, t) and out.extras["task_scores_norm"].shape == (2, t)
+    assert out.extras["task_maps"].shape == (2, tm, size, size)
+    assert out.extras["gates"].shape == (2, t, 4)
+    torch.testing.assert_close(model(x, torch.tensor([0, 1])).pred_score, out.pred_score)  # deterministic
+
+
+def test_training_loss_reports_every_task():
+    model = MultiTaskLearner(S, ["alpha"], width=4, clusters=2, proxy_tasks=["inpaint", "cluster", "jigsaw"])
+    model.on_train_start(tiny_data(), torch.device("cpu"))
+    losses = model.training_loss({"image": smooth_images(4)})
+    assert set(losses) == {"loss", "inpaint", "cluster", "jigsaw", "balance"}
+    want = 0.01 * losses["balance"] + 10 * losses["inpaint"] + losses["cluster"] + losses["jigsaw"]
+    torch.testing.assert_close(losses["loss"], want)
+
+
+def test_checkpoint_round_trip_restores_normalisation(tmp_path):
+    from medad_edu.training import load_model, make_config, train
+
+    data = tiny_data()
+    cfg = make_config("mtl", "quick", epochs=1, batch_size=8, image_size=S,
+                      options={"width": 4, "clusters": 2, "num_experts": 2, "top_k": 1, "moe_layers": 1,
+                               "proxy_tasks": ["inpaint", "lesion", "rotate", "cluster"], "fusion": "rank"})
+    res = train(cfg, run_dir=tmp_path, data=data, progress=False)
+    model = res.model
+    assert bool(model.normalizer.fitted) and model.normalizer.count[0, 0] == 6  # the 6 normal valid images
+    assert model.expert_usage().sum() > 0
+    loaded, state = load_model(tmp_path)
+    for name, buf in model.named_buffers():
+        torch.testing.assert_close(dict(loaded.named_buffers())[name], buf)
+    x = torch.from_numpy(data.tasks[0].test.arrays()[0][:, None])
+    tid = torch.zeros(len(x), dtype=torch.long)
+    a, b = model(x, tid), loaded(x, tid)
+    torch.testing.assert_close(a.pred_score, b.pred_score)
+    torch.testing.assert_close(a.anomaly_map, b.anomaly_map)
+    assert loaded.fusion == "rank" and ((b.extras["task_scores_norm"] >= 0) & (b.extras["task_scores_norm"] <= 1)).all()
+
+
+def test_uncertainty_head_loss_and_failure_by_hand():
+    from medad_edu.models.mtl.proxy_tasks import Denoising
+
+    torch.manual_seed(0)
+    task = Denoising(S, CH, uncertainty=True)
+    assert task.loss_weight == 1.0 and Denoising(S, CH).loss_weight == 10.0
+    x = smooth_images(2)
+    mean, logvar = torch.rand(2, 1, S, S), torch.rand(2, 1, S, S) * 4 - 6
+    out = torch.cat([mean, logvar], 1)
+    want_loss = (0.5 * ((mean - x) ** 2 * torch.exp(-logvar) + logvar)).mean()
+    torch.testing.assert_close(task.loss(out, {"image": x}), want_loss)
+    task.num_views = 1
+    score, amap = task.failure(out, {"image": x})
+    torch.testing.assert_close(amap, (mean - x) ** 2 * torch.exp(-logvar))
+    raw = torch.randn(2, 2, S, S) * 10
+    from medad_edu.models.mtl.proxy_tasks import LOGVAR_RANGE, gaussian_head_output
+    o = gaussian_head_output(raw, True)
+    assert o.shape == (2, 2, S, S) and (o[:, 1] >= LOGVAR_RANGE[0]).all() and (o[:, 1] <= LOGVAR_RANGE[1]).all()
+
+
+def test_map_fusion_is_the_top_fraction_of_the_fused_normalised_map():
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(4, 2, 10, 10, generator=g)
+    groups = torch.tensor([0, 0, 1, 1])
+    norm = ScoreNormalizer(2, 3, num_map_tasks=2).fit(torch.rand(4, 3, generator=g), groups, maps.mean((2, 3)),
+                                                      (maps ** 2).mean((2, 3)))
+    fused, score = norm.fuse_map(maps, groups, top_fraction=0.05)
+    z = (maps - norm.map_mean[groups][:, :, None, None]) / norm.map_std[groups][:, :, None, None]
+    torch.testing.assert_close(fused, z.mean(1, keepdim=True))
+    torch.testing.assert_close(score, fused.flatten(1).sort(1, descending=True).values[:, :5].mean(1))
+    with pytest.raises(ValueError, match="fuse_map"):
+        norm.fuse(torch.rand(4, 3), groups, "map")
+    model = MultiTaskLearner(S, ["alpha"], width=4, clusters=2, proxy_tasks=["inpaint", "rotate"], map_top=0.05)
+    model.eval()
+    out = model(smooth_images(2), torch.zeros(2, dtype=torch.long))
+    torch.testing.assert_close(out.pred_score, out.anomaly_map.flatten(1).topk(51, 1).values.mean(1))
+    model.set_fusion("zscore")
+    out = model(smooth_images(2), torch.zeros(2, dtype=torch.long))
+    torch.testing.assert_close(out.pred_score, out.extras["task_scores_norm"].mean(1))
