@@ -505,10 +505,7 @@ def first_seed_predictions(results: dict) -> dict[str, dict[str, np.ndarray]]:
 
 def make_figures(results: dict, data: MultiTaskData, fig_dir: str | Path, dpi: int = 70) -> list[Path]:
     """``score_histograms.png`` and ``gallery.png`` (each method's lowest seed) in ``fig_dir``."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: works headless and leaves a notebook's backend alone
 
     from ..interface.plots import score_histogram
 
@@ -520,8 +517,8 @@ def make_figures(results: dict, data: MultiTaskData, fig_dir: str | Path, dpi: i
     tasks = results["data"]["tasks"]
     methods = list(preds)
     written = []
-    fig, axes = plt.subplots(len(methods), len(tasks), figsize=(2.0 * len(tasks), 1.5 * len(methods)),
-                             squeeze=False)
+    fig = Figure(figsize=(2.0 * len(tasks), 1.5 * len(methods)))
+    axes = fig.subplots(len(methods), len(tasks), squeeze=False)
     for i, m in enumerate(methods):
         p = preds[m]
         for j, t in enumerate(tasks):
@@ -539,7 +536,6 @@ def make_figures(results: dict, data: MultiTaskData, fig_dir: str | Path, dpi: i
     fig.tight_layout()
     path = fig_dir / "score_histograms.png"
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
     written.append(path)
 
     tensors = split_tensors(data, "test")
@@ -547,7 +543,8 @@ def make_figures(results: dict, data: MultiTaskData, fig_dir: str | Path, dpi: i
     images, masks, labels = tensors.images[gidx, 0].numpy(), tensors.masks[gidx, 0].numpy(), tensors.labels[gidx]
     tids = tensors.task_ids[gidx].numpy()
     n_cols = 2 + len(methods)
-    fig, axes = plt.subplots(len(gidx), n_cols, figsize=(1.05 * n_cols, 1.1 * len(gidx)), squeeze=False)
+    fig = Figure(figsize=(1.05 * n_cols, 1.1 * len(gidx)))
+    axes = fig.subplots(len(gidx), n_cols, squeeze=False)
     for r in range(len(gidx)):
         row_maps = {}
         for m in methods:
@@ -581,7 +578,6 @@ def make_figures(results: dict, data: MultiTaskData, fig_dir: str | Path, dpi: i
     fig.tight_layout(pad=0.3)
     path = fig_dir / "gallery.png"
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
     written.append(path)
     return written
 
@@ -630,7 +626,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="embedded data size preset (default: the configuration's)")
     parser.add_argument("--tasks", type=_csv, default=None, help="comma-separated subset of tasks")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="override every method's epochs (smoke tests; the tables then say so in their spec)")
+                        help="override every method's epochs (smoke tests; the timing table shows the epochs)")
     parser.add_argument("--image-size", type=int, default=None, help="override the image side (multiple of 16)")
     parser.add_argument("--batch-size", type=int, default=None, help="override every method's batch size")
     parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps")

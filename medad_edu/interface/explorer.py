@@ -5,9 +5,10 @@ reconstruction, squared error, hallucination map u, final anomaly map, routing w
 Anywhere widgets cannot render (the built book, a plain Python session, ``static=True``) it draws one static
 matplotlib figure for a fixed set of choices instead, so the same call works in both places.
 
-Typing a new prompt encodes it with the model's frozen text tower (once, then cached) and routes with it:
-with a randomly initialised tower (no pretrained CLIP weights offline), a paraphrase is just another random
-code and the router treats it as an unknown task. Explained in notebooks/14_allinone_full.ipynb.
+Typing a new prompt encodes it with the model's frozen text tower (once, then cached) and routes with it.
+With a randomly initialised tower (no pretrained CLIP weights offline) a paraphrase is just another random code;
+and a router that learned to rely on the image code may ignore the prompt altogether (notebooks/14_allinone_full
+shows both). Explained in notebooks/14_allinone_full.ipynb.
 
 Example::
 
@@ -70,7 +71,11 @@ def analyse(model, data: MultiTaskData, task: str | int = 0, index: int = 0, spl
 
 
 def draw(result: dict[str, Any], threshold: float | None = None, fig=None):
-    """The panels of one ``analyse`` result in one matplotlib figure (returned)."""
+    """The panels of one ``analyse`` result in one matplotlib figure (returned).
+
+    ``threshold`` (image-score units) only sets the verdict in the title: the image is called abnormal when its
+    score (the mean of the anomaly map) reaches it.
+    """
     import matplotlib.pyplot as plt
 
     ex = result["extras"]
@@ -96,10 +101,6 @@ def draw(result: dict[str, Any], threshold: float | None = None, fig=None):
         ax.set_yticks([])
     if result["mask"].any():
         axes[0].contour(result["mask"], levels=[0.5], colors="lime", linewidths=0.8)
-    if threshold is not None:  # pixels above the threshold, outlined on the anomaly map
-        above = (result["map"] >= threshold).astype(float)
-        if 0 < above.sum() < above.size:
-            axes[len(panels) - 1].contour(above, levels=[0.5], colors="cyan", linewidths=0.6)
     if has_routing:
         ax = axes[-1]
         w = ex["routing"]
@@ -161,7 +162,8 @@ def explore(model, data: MultiTaskData, thresholds: dict | None = None, split: s
             out.clear_output(wait=True)
             res = analyse(model, data, w_task.value, w_index.value, split, w_prompt.value, w_k.value)
             fig = draw(res, w_thr.value or None)
-            plt.show(fig)
+            display(fig)
+            plt.close(fig)
 
     def on_task(change):
         name = change["new"]

@@ -198,7 +198,7 @@ class PromptEncoder:
         return import_open_clip().get_tokenizer(self.model_name)(list(texts))
 
     def _build_random(self):
-        open_clip = import_open_clip_()
+        open_clip = _open_clip()
         cfg = open_clip.get_model_config(self.model_name)
         if cfg is None:
             raise ValueError(f"unknown open_clip model {self.model_name!r}")
@@ -214,7 +214,7 @@ class PromptEncoder:
                 return _TextOnly(open_clip.create_model(self.model_name, pretrained=None))
 
     def _build_pretrained(self, kind: str, value: str):
-        open_clip = import_open_clip_()
+        open_clip = _open_clip()
         model = open_clip.create_model(self.model_name, pretrained=value)
         return _TextOnly(model)
 
@@ -297,7 +297,7 @@ class PromptEncoder:
         return torch.stack(out)
 
 
-def import_open_clip_():
+def _open_clip():
     from ..._compat import import_open_clip
 
     return import_open_clip()

@@ -40,7 +40,8 @@ from ..base import AnomalyModel, AnomalyResult
 
 def bias_free_block(c_in: int, c_out: int) -> nn.Sequential:
     """5x5 conv (no bias) -> BatchNorm without affine parameters -> leaky ReLU -> 2x2 max pool (Ruff's blocks)."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 5, padding=2, bias=False), nn.BatchNorm2d(c_out, eps=1e-4, affine=False),
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 5, padding=2, bias=False),
+                         nn.BatchNorm2d(c_out, eps=1e-4, affine=False),
                          nn.LeakyReLU(0.1), nn.MaxPool2d(2))
 
 

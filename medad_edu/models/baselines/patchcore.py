@@ -321,7 +321,8 @@ class PatchCore(AnomalyModel):
                 self.fit_batch(batch)
         feats, tasks = torch.cat(self._bank), torch.cat(self._bank_task)
         self._bank, self._bank_task = [], []
-        groups = [tasks == t for t in tasks.unique()] if self.options["per_task"] else [torch.ones_like(tasks, dtype=torch.bool)]
+        groups = ([tasks == t for t in tasks.unique()] if self.options["per_task"]
+                  else [torch.ones_like(tasks, dtype=torch.bool)])
         mem, mem_task = [], []
         for sel in groups:  # a loop over tasks
             x = feats[sel]
