@@ -69,3 +69,30 @@ def test_module_entry_point_and_methods():
     assert "ae" in out.stdout.split()
     helped = subprocess.run([sys.executable, "-m", "medad_edu", "train", "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "--config" in helped.stdout and "--device" in helped.stdout
+
+
+@pytest.mark.parametrize("method", ["allinone", "mtl"])
+@pytest.mark.filterwarnings("ignore::medad_edu.models.allinone.PretrainedWeightsWarning")
+def test_train_universal_methods_on_a_bmad_root_with_tasks_json(tiny_root, tmp_path, method, monkeypatch):
+    """`medad-edu train --method allinone|mtl --data DIR` on a multi-task BMAD root: the prompts come from
+    tasks.json (edited here, so they cannot come from the built-in table) and reach the saved model."""
+    import shutil
+
+    from medad_edu.training import load_model
+
+    monkeypatch.setenv("MEDAD_CACHE_DIR", str(tmp_path / "cache"))  # the prompt cache stays private to the test
+    root = tmp_path / "bmad"
+    shutil.copytree(tiny_root, root)
+    prompts = {"chest_xray": "A frontal chest radiograph.", "brain_mri": "An axial brain MR slice."}
+    (root / "tasks.json").write_text(json.dumps(prompts))
+    run = tmp_path / "run"
+    # two proxy tasks keep the multi-task learner's step cheap; the option goes through the CLI's JSON parsing
+    options = ["--option", 'proxy_tasks=["inpaint", "lesion"]'] if method == "mtl" else []
+    assert run_cli("train", "--method", method, "--data", root, "--out", run, "--epochs", 1,
+                   "--image-size", 32, "--batch-size", 16, "--no-progress", *options) == 0
+    model, _ = load_model(run, "cpu")
+    assert list(model.task_names) == ["chest_xray", "brain_mri"]
+    assert list(model.prompts) == [prompts["chest_xray"], prompts["brain_mri"]]
+    assert run_cli("evaluate", "--run", run, "--json", tmp_path / "eval.json") == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["method"] == method and 0.0 <= report["mean"]["image_auroc"] <= 1.0
