@@ -41,7 +41,7 @@ def fitted_task(name: str, size: int = S):
 
 
 # --- proxy tasks -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", DEFAULT_TASKS)
+@pytest.mark.parametrize("name", list(PROXY_TASKS))
 def test_corrupt_is_deterministic_under_a_seed_and_seeds_differ(name):
     task = fitted_task(name)
     x = smooth_images(6)
@@ -56,7 +56,7 @@ def test_corrupt_is_deterministic_under_a_seed_and_seeds_differ(name):
     assert differ, f"{name}: seeds 3 and 4 gave the same corruption"
 
 
-@pytest.mark.parametrize("name", DEFAULT_TASKS)
+@pytest.mark.parametrize("name", list(PROXY_TASKS))
 def test_views_are_fixed_and_independent_of_the_batch(name):
     task = fitted_task(name)
     x = smooth_images(5)
@@ -68,7 +68,7 @@ def test_views_are_fixed_and_independent_of_the_batch(name):
     torch.testing.assert_close(inp, inp2)
 
 
-@pytest.mark.parametrize("name", DEFAULT_TASKS)
+@pytest.mark.parametrize("name", list(PROXY_TASKS))
 def test_loss_decreases_on_a_tiny_batch(name):
     torch.manual_seed(0)
     size = 16
@@ -89,7 +89,7 @@ def test_loss_decreases_on_a_tiny_batch(name):
     assert losses[-1] < 0.85 * losses[0], f"{name}: {losses}"
 
 
-@pytest.mark.parametrize("name", DEFAULT_TASKS)
+@pytest.mark.parametrize("name", list(PROXY_TASKS))
 def test_failure_shapes(name):
     task = fitted_task(name)
     x = smooth_images(3)
@@ -424,10 +424,92 @@ def test_map_fusion_is_the_top_fraction_of_the_fused_normalised_map():
     torch.testing.assert_close(score, fused.flatten(1).sort(1, descending=True).values[:, :5].mean(1))
     with pytest.raises(ValueError, match="fuse_map"):
         norm.fuse(torch.rand(4, 3), groups, "map")
-    model = MultiTaskLearner(S, ["alpha"], width=4, clusters=2, proxy_tasks=["inpaint", "rotate"], map_top=0.05)
+    model = MultiTaskLearner(S, ["alpha"], width=4, clusters=2, proxy_tasks=["inpaint", "rotate"], map_top=0.05,
+                             fusion="map")
     model.eval()
     out = model(smooth_images(2), torch.zeros(2, dtype=torch.long))
     torch.testing.assert_close(out.pred_score, out.anomaly_map.flatten(1).topk(51, 1).values.mean(1))
     model.set_fusion("zscore")
     out = model(smooth_images(2), torch.zeros(2, dtype=torch.long))
     torch.testing.assert_close(out.pred_score, out.extras["task_scores_norm"].mean(1))
+
+
+def test_pairwise_auroc_and_weights_match_hand_computation():
+    from medad_edu.models.mtl.fusion import auroc_weights, pairwise_auroc
+    from sklearn.metrics import roc_auc_score
+
+    g = torch.Generator().manual_seed(3)
+    pos, neg = torch.randn(7, 3, generator=g) + torch.tensor([1.0, 0.0, -1.0]), torch.randn(9, 3, generator=g)
+    pos[0, 0] = neg[0, 0]  # a tie counts 1/2
+    hand = [roc_auc_score(np.r_[np.ones(7), np.zeros(9)], np.r_[pos[:, t], neg[:, t]]) for t in range(3)]
+    np.testing.assert_allclose(pairwise_auroc(pos, neg).numpy(), hand, rtol=1e-6)
+    w = auroc_weights(torch.tensor([[0.9, 0.6, 0.4], [0.5, 0.3, 0.2]]), power=2.0)
+    np.testing.assert_allclose(w[0].numpy(), [0.16 / 0.17, 0.01 / 0.17, 0.0], rtol=1e-5)
+    np.testing.assert_allclose(w[1].numpy(), [1 / 3] * 3, rtol=1e-6)  # no task better than chance: uniform
+
+
+def test_weighted_fusion_follows_the_pseudo_anomaly_auroc_per_organ():
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(20, 3, generator=g)
+    groups = torch.tensor([0] * 10 + [1] * 10)
+    pseudo = clean.clone()
+    pseudo[:10, 0] += 1.0  # organ 0: only task 0 separates the pseudo-anomalies
+    pseudo[10:, 2] += 1.0  # organ 1: only task 2
+    norm = ScoreNormalizer(2, 3).fit(clean, groups)
+    w = norm.fit_weights(clean, pseudo, groups, groups, power=2.0)
+    torch.testing.assert_close(w[0], torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(w[1], torch.tensor([0.0, 0.0, 1.0]))
+    assert norm.pseudo_auroc[0, 0] == 1.0 and norm.pseudo_auroc[1, 2] == 1.0
+    x, tg = torch.rand(4, 3, generator=g), torch.tensor([0, 0, 1, 1])
+    z = norm.normalize(x, tg, "zscore")
+    torch.testing.assert_close(norm.fuse(x, tg, "weighted"), torch.where(tg == 0, z[:, 0], z[:, 2]))
+    with pytest.raises(ValueError, match="power"):
+        norm.fit_weights(clean, pseudo, groups, groups, power=0.0)
+
+
+def test_default_fusion_is_weighted_and_fitted_on_pseudo_anomalies():
+    model = MultiTaskLearner(S, ["alpha", "beta"], width=4, clusters=2, proxy_tasks=["inpaint", "rotate", "lesion"])
+    assert model.fusion == "weighted" and MultiTaskLearner.QUICK["fusion"] == "weighted"
+    torch.testing.assert_close(model.normalizer.weights.sum(1), torch.ones(3))  # uniform before fitting
+    data = tiny_data()
+    model.eval()
+    model.on_train_end(data, torch.device("cpu"))
+    w = model.normalizer.weights
+    torch.testing.assert_close(w.sum(1), torch.ones(3))
+    assert (w >= 0).all()
+    # the pseudo-anomalies are deterministic and need only the normal images
+    imgs, grp = model._reference_images(data)
+    a, ga = model.pseudo_anomalies(imgs, grp)
+    b, _ = model.pseudo_anomalies(imgs, grp)
+    assert a.shape == (model.PSEUDO_COPIES * len(imgs), 1, S, S) and torch.equal(a, b) and not torch.equal(a[:len(imgs)], imgs)
+    assert torch.equal(ga, grp.repeat(model.PSEUDO_COPIES))
+    x, tid = smooth_images(3), torch.tensor([0, 1, 0])
+    out = model(x, tid)
+    z = out.extras["task_scores_norm"]
+    torch.testing.assert_close(out.pred_score, (z * w[tid]).sum(1))
+    # the fused map weighs the map tasks (inpaint, lesion) by their renormalised weights
+    wm = w[tid][:, [0, 2]]
+    wm = torch.where(wm.sum(1, keepdim=True) > 0, wm / wm.sum(1, keepdim=True).clamp_min(1e-12), torch.full_like(wm, 0.5))
+    torch.testing.assert_close(out.anomaly_map, (out.extras["task_maps"] * wm[:, :, None, None]).sum(1, keepdim=True))
+    with pytest.raises(ValueError, match="weight_power"):
+        MultiTaskLearner(S, ["alpha"], weight_power=0)
+
+
+def test_robust_fusion_is_the_mean_of_robust_z():
+    model = MultiTaskLearner(S, ["alpha"], width=4, clusters=2, proxy_tasks=["inpaint", "rotate"], fusion="robust")
+    model.eval()
+    assert model.fusion == "robust"
+    out = model(smooth_images(2), torch.zeros(2, dtype=torch.long))
+    raw = out.extras["task_scores"]
+    want = ((raw - model.normalizer.median[0]) / model.normalizer.mad[0]).mean(1)
+    torch.testing.assert_close(out.pred_score, want)
+
+
+def test_lesion_weight_scales_the_lesion_loss_in_the_total():
+    model = MultiTaskLearner(S, ["alpha"], width=4, clusters=2, proxy_tasks=["rotate", "lesion"], lesion_weight=5.0)
+    assert model.net.tasks["lesion"].loss_weight == 5.0 and model.options["lesion_weight"] == 5.0
+    torch.manual_seed(0)
+    losses = model.training_loss({"image": smooth_images(4), "task_id": torch.zeros(4, dtype=torch.long)})
+    torch.testing.assert_close(losses["loss"], 0.01 * losses["balance"] + losses["rotate"] + 5.0 * losses["lesion"])
+    with pytest.raises(ValueError, match="lesion_weight"):
+        MultiTaskLearner(S, ["alpha"], lesion_weight=0.0)

@@ -17,7 +17,15 @@ averaged into one anomaly map; the fourth rule,
 - ``map``: the image score is the mean of the top 1 % pixels of that fused map (only tasks with a map vote),
 
 uses that map: lesions are small, and failures of several tasks at the same place add up there instead of being
-diluted by the whole image. SSMTL (Georgescu et al., CVPR 2021) averages raw per-task scores; normalising on
+diluted by the whole image; and the fifth (the default),
+
+- ``weighted``: a *weighted* mean of the z-scores, ``sum_t w_gt z_t`` with weights fitted per organ ``g`` by
+  ``fit_weights`` on pseudo-anomalies: the held-out normal images and synthetic anomalies made from them
+  (never test images, no labels). A task's weight is ``max(AUROC_gt - 0.5, 0) ** power`` (normalised to sum
+  to 1), with ``AUROC_gt`` how well the task's failure score separates the pseudo-anomalies from the clean
+  images. Why: a plain mean gives a task that fails at random on an organ (AUROC ~ 0.5) the same vote as one
+  that detects; its noise then dilutes the good tasks. With all weights at 0 the organ falls back to the plain
+  mean. SSMTL (Georgescu et al., CVPR 2021) averages raw per-task scores; normalising on
 normal data first is this project's design (REFERENCE.md section 3). Built by hand and compared in
 notebooks/22_mtl_scoring.ipynb.
 
@@ -31,13 +39,14 @@ Example::
     norm = ScoreNormalizer(num_groups=5, num_tasks=6)
     norm.fit(valid_scores, valid_groups)                 # [N, 6] raw scores of normal images, [N] organ ids
     fused = norm.fuse(test_scores, test_groups, "rank")  # [M]
+    norm.fit_weights(valid_scores, pseudo_scores, valid_groups, pseudo_groups)  # for fusion "weighted"
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-FUSIONS: tuple[str, ...] = ("zscore", "robust", "rank", "map")
+FUSIONS: tuple[str, ...] = ("zscore", "robust", "rank", "map", "weighted")
 MAD_TO_STD = 1.4826  # MAD of a normal distribution times this = its standard deviation
 
 
@@ -45,6 +54,22 @@ def check_fusion(name: str) -> str:
     if name not in FUSIONS:
         raise ValueError(f"fusion must be one of {list(FUSIONS)}; got {name!r}")
     return name
+
+
+def pairwise_auroc(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """AUROC per column (Mann-Whitney, ties count 1/2): ``positive`` [P, T] vs ``negative`` [N, T] -> [T]."""
+    if len(positive) == 0 or len(negative) == 0:
+        return torch.full((positive.shape[1],), 0.5)
+    p, n = positive[:, None, :], negative[None, :, :]
+    return ((p > n).float() + 0.5 * (p == n).float()).mean((0, 1))
+
+
+def auroc_weights(auroc: torch.Tensor, power: float = 2.0) -> torch.Tensor:
+    """``max(auroc - 0.5, 0) ** power``, normalised over the last dim; uniform where all are 0."""
+    w = (auroc - 0.5).clamp_min(0) ** power
+    total = w.sum(-1, keepdim=True)
+    uniform = torch.full_like(w, 1.0 / w.shape[-1])
+    return torch.where(total > 0, w / total.clamp_min(1e-12), uniform)
 
 
 def mid_rank_percentile(reference_sorted: torch.Tensor, count: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -77,6 +102,9 @@ class ScoreNormalizer(nn.Module):
         self.register_buffer("map_mean", torch.zeros(g, max(num_map_tasks, 1)))
         self.register_buffer("map_std", torch.ones(g, max(num_map_tasks, 1)))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        # task weights of the ``weighted`` fusion (uniform until ``fit_weights``) and the pseudo-anomaly AUROCs
+        self.register_buffer("weights", torch.full((g, t), 1.0 / t))
+        self.register_buffer("pseudo_auroc", torch.full((g, t), 0.5))
 
     # --- fitting -----------------------------------------------------------------------------------------------
     def _rows(self, groups: torch.Tensor) -> list[torch.Tensor]:
@@ -122,6 +150,26 @@ class ScoreNormalizer(nn.Module):
         self.fitted.fill_(True)
         return self
 
+    @torch.no_grad()
+    def fit_weights(self, clean: torch.Tensor, pseudo: torch.Tensor, clean_groups: torch.Tensor,
+                    pseudo_groups: torch.Tensor, power: float = 2.0) -> torch.Tensor:
+        """Weights of the ``weighted`` fusion from raw scores of normal images ``clean`` [N, T] and of pseudo-
+        anomalies made from them ``pseudo`` [M, T] (groups [N], [M]); per organ, then all pooled (last row).
+        Returns the weights ``[G+1, T]``."""
+        if power <= 0:
+            raise ValueError(f"power must be > 0; got {power}")
+        clean, pseudo = clean.float().cpu(), pseudo.float().cpu()
+        cg, pg = clean_groups.long().cpu(), pseudo_groups.long().cpu()
+        if clean.shape[1] != self.num_tasks or pseudo.shape[1] != self.num_tasks:
+            raise ValueError(f"scores must have {self.num_tasks} columns; got {tuple(clean.shape)}, {tuple(pseudo.shape)}")
+        c_rows, p_rows = self._rows(cg), self._rows(pg)
+        for gi, (cs, ps) in enumerate(zip(c_rows, p_rows)):
+            if int(cs.sum()) < 2 or int(ps.sum()) < 2:  # too few images of this organ: all organs pooled
+                cs, ps = c_rows[-1], p_rows[-1]
+            self.pseudo_auroc[gi] = pairwise_auroc(pseudo[ps], clean[cs])
+        self.weights.copy_(auroc_weights(self.pseudo_auroc, power))
+        return self.weights
+
     # --- applying ----------------------------------------------------------------------------------------------
     def _row(self, groups: torch.Tensor | None, n: int, device) -> torch.Tensor:
         if groups is None:
@@ -129,20 +177,25 @@ class ScoreNormalizer(nn.Module):
         return groups.long().to(device)
 
     def normalize(self, scores: torch.Tensor, groups: torch.Tensor | None, method: str = "zscore") -> torch.Tensor:
-        """Normalised scores ``[B, T]`` (z-scores, robust z-scores or percentiles; ``map`` -> z-scores)."""
+        """Normalised scores ``[B, T]`` (z-scores, robust z-scores or percentiles; ``map``, ``weighted`` ->
+        z-scores)."""
         check_fusion(method)
         row = self._row(groups, len(scores), scores.device)
-        if method in ("zscore", "map"):
+        if method in ("zscore", "map", "weighted"):
             return (scores - self.mean[row]) / self.std[row]
         if method == "robust":
             return (scores - self.median[row]) / self.mad[row]
         return mid_rank_percentile(self.reference[row], self.count[row], scores.unsqueeze(-1)).squeeze(-1)
 
     def fuse(self, scores: torch.Tensor, groups: torch.Tensor | None, method: str = "zscore") -> torch.Tensor:
-        """One score per image: the mean of the normalised task scores (for ``map`` use ``fuse_map``)."""
+        """One score per image: the mean of the normalised task scores, for ``weighted`` their weighted sum with
+        the organ's weights (for ``map`` use ``fuse_map``)."""
         if method == "map":
             raise ValueError("fusion 'map' scores the fused anomaly map: use fuse_map(maps, groups)")
-        return self.normalize(scores, groups, method).mean(1)
+        norm = self.normalize(scores, groups, method)
+        if method == "weighted":
+            return (norm * self.weights[self._row(groups, len(scores), scores.device)]).sum(1)
+        return norm.mean(1)
 
     def fuse_map(self, maps: torch.Tensor, groups: torch.Tensor | None,
                  top_fraction: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,4 +212,5 @@ class ScoreNormalizer(nn.Module):
         return (maps - self.map_mean[row][:, :, None, None]) / self.map_std[row][:, :, None, None]
 
 
-__all__ = ["FUSIONS", "MAD_TO_STD", "ScoreNormalizer", "check_fusion", "mid_rank_percentile"]
+__all__ = ["FUSIONS", "MAD_TO_STD", "ScoreNormalizer", "auroc_weights", "check_fusion", "mid_rank_percentile",
+           "pairwise_auroc"]

@@ -13,6 +13,9 @@
 - ``GlobalHead``: pool the bottleneck to 4x4, flatten, MLP -> class logits -- for image-level tasks
   (orientation, pseudo-label). Pooling to a fixed 4x4 grid (not to 1x1) keeps the coarse layout, which the
   orientation task needs, and makes the head independent of the image size.
+- ``BottleneckHead``: pool the bottleneck to 8x8, flatten, FC to a ``latent``-d code (16 by default, as the AE
+  baseline), FC back to the S/8 grid and a decoder *without* skip connections back to ``S x S`` -- for the
+  global reconstruction task, which must not be able to copy a lesion through a skip connection.
 - ``GridHead``: pool the bottleneck to a ``g x g`` grid, add the global context, 1x1 convs -> logits per cell
   -- for the jigsaw task (which original position each tile came from).
 
@@ -80,6 +83,26 @@ class DenseHead(nn.Module):
         return self.out(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
+class BottleneckHead(nn.Module):
+    def __init__(self, channels: Sequence[int], image_size: int, latent: int = 16, pool: int = 8):
+        super().__init__()
+        c = list(channels)
+        self.grid = image_size // 2 ** len(c)  # bottleneck grid (S/8)
+        self.pool = min(pool, self.grid)
+        self.encode = nn.Linear(c[-1] * self.pool * self.pool, latent)
+        self.decode = nn.Linear(latent, c[-1] * self.grid * self.grid)
+        self.convs = nn.ModuleList(conv_gn(c[i + 1], c[i]) for i in reversed(range(len(c) - 1)))
+        self.out = nn.Conv2d(c[0], 1, 3, padding=1)
+        self.c_last = c[-1]
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        z = self.encode(F.adaptive_avg_pool2d(feats[-1], self.pool).flatten(1))
+        x = F.relu(self.decode(z)).view(len(z), self.c_last, self.grid, self.grid)
+        for conv in self.convs:
+            x = conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+        return self.out(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
 class GlobalHead(nn.Module):
     def __init__(self, channels: Sequence[int], num_classes: int, hidden: int = 128, pool: int = 4):
         super().__init__()
@@ -104,4 +127,4 @@ class GridHead(nn.Module):
         return self.mlp(torch.cat([cells, context], 1))
 
 
-__all__ = ["DenseHead", "Encoder", "GlobalHead", "GridHead", "conv_gn", "widths"]
+__all__ = ["BottleneckHead", "DenseHead", "Encoder", "GlobalHead", "GridHead", "conv_gn", "widths"]

