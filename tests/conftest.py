@@ -24,12 +24,11 @@ def make_task_arrays(n_train=24, n_test=8, size=32, seed=0):
     return normals, abnormals
 
 
-@pytest.fixture
-def tiny_data():
+def make_tiny_data(seed=0):
     """Two tasks of 32 px synthetic images with masks (train normal-only, labelled valid and test)."""
     from medad_edu.data import ArraySplit, MultiTaskData, TaskData
 
-    normals, abnormals = make_task_arrays()
+    normals, abnormals = make_task_arrays(seed=seed)
     tasks = []
     for name in ("chest_xray", "brain_mri"):
         def labelled(n):
@@ -39,3 +38,8 @@ def tiny_data():
         tasks.append(TaskData(name, f"{name} prompt", train=ArraySplit(normals(24), np.zeros(24)),
                               test=labelled(8), valid=labelled(6)))
     return MultiTaskData(tasks, 32, name="tiny")
+
+
+@pytest.fixture
+def tiny_data():
+    return make_tiny_data()

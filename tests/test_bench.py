@@ -37,21 +37,9 @@ def bench_dir(tmp_path_factory, tiny_data_module):
 
 @pytest.fixture(scope="module")
 def tiny_data_module():
-    import numpy as np
-    from conftest import make_task_arrays  # the generator of the shared tiny_data fixture
+    from conftest import make_tiny_data  # the shared tiny_data, built once for the module
 
-    from medad_edu.data import ArraySplit, MultiTaskData, TaskData
-
-    normals, abnormals = make_task_arrays(seed=3)
-    tasks = []
-    for name in ("chest_xray", "brain_mri"):
-        def labelled(n):
-            a, m = abnormals(n)
-            return ArraySplit(np.concatenate([normals(n), a]), np.r_[np.zeros(n), np.ones(n)],
-                              np.concatenate([np.zeros_like(m), m]))
-        tasks.append(TaskData(name, f"{name} prompt", train=ArraySplit(normals(24), np.zeros(24)),
-                              test=labelled(8), valid=labelled(6)))
-    return MultiTaskData(tasks, 32, name="tiny")
+    return make_tiny_data(seed=3)
 
 
 def test_resume_does_not_retrain_finished_runs(bench_dir):

@@ -91,15 +91,8 @@ class BatchedExperts(nn.Module):
         decoders = []
         for k in range(self.num_experts):
             dec = self._new_decoder()
-            for ours, theirs in self._pairs(dec):
-                for name, tensor in list(theirs.named_parameters(recurse=False)) + list(
-                        theirs.named_buffers(recurse=False)):
-                    src = getattr(ours, name)
-                    if name == "num_batches_tracked":
-                        tensor.copy_(src)
-                    else:
-                        size = tensor.shape[0]
-                        tensor.copy_(src[k * size:(k + 1) * size])
+            for grouped, separate in self._expert_tensors(dec, k):
+                separate.copy_(grouped)
             decoders.append(dec.train(self.training))
         return decoders
 
@@ -109,16 +102,22 @@ class BatchedExperts(nn.Module):
         if len(decoders) != self.num_experts:
             raise ValueError(f"expected {self.num_experts} decoders; got {len(decoders)}")
         for k, dec in enumerate(decoders):
-            for ours, theirs in self._pairs(dec):
-                for name, tensor in list(theirs.named_parameters(recurse=False)) + list(
-                        theirs.named_buffers(recurse=False)):
-                    dst = getattr(ours, name)
-                    if name == "num_batches_tracked":
-                        dst.copy_(tensor)
-                    else:
-                        size = tensor.shape[0]
-                        dst[k * size:(k + 1) * size].copy_(tensor)
+            for grouped, separate in self._expert_tensors(dec, k):
+                grouped.copy_(separate)
         return self
+
+    def _expert_tensors(self, dec: ConvDecoder, k: int):
+        """``(view of expert k in our grouped tensor, the separate decoder's tensor)`` for every parameter and
+        buffer; the views share storage, so copying into either side writes through."""
+        for ours, theirs in self._pairs(dec):
+            for name, tensor in list(theirs.named_parameters(recurse=False)) + list(
+                    theirs.named_buffers(recurse=False)):
+                grouped = getattr(ours, name)
+                if name == "num_batches_tracked":  # a scalar shared by all experts
+                    yield grouped, tensor
+                else:
+                    size = tensor.shape[0]
+                    yield grouped[k * size:(k + 1) * size], tensor
 
     @classmethod
     def from_decoders(cls, decoders: Sequence[ConvDecoder]) -> "BatchedExperts":
