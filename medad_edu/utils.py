@@ -1,6 +1,7 @@
-"""Small shared helpers: device choice, seeding, atomic file writes, version stamps."""
+"""Small shared helpers: device choice, seeding, atomic file writes, version stamps, safe checkpoint loading."""
 from __future__ import annotations
 
+import collections
 import json
 import os
 import random
@@ -37,18 +38,33 @@ def seed_everything(seed: int) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves half a file."""
+    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves half a file.
+
+    A failure (disk full, read-only or missing folder) raises ``OSError`` naming ``path``; the old file, if any,
+    is kept and no temporary file is left behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        reason = err.strerror or str(err) or type(err).__name__
+        message = f"cannot write {path}: {reason}"
+        try:
+            named = type(err)(err.errno, message) if err.errno is not None else type(err)(message)
+        except Exception:  # pragma: no cover - an OSError subclass with another signature
+            named = OSError(err.errno, message)
+        raise named from err
     except BaseException:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
@@ -65,6 +81,61 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def to_plain(obj: Any) -> Any:
+    """``obj`` made of types ``torch.load(weights_only=True)`` accepts: numpy scalars become Python numbers,
+    numpy arrays lists, ``str`` subclasses (e.g. ``torch.__version__``) plain ``str``; tensors are kept."""
+    if torch.is_tensor(obj) or obj is None or type(obj) in (bool, int, float, str):
+        return obj
+    if isinstance(obj, dict):
+        out = collections.OrderedDict() if isinstance(obj, collections.OrderedDict) else {}
+        for k, v in obj.items():
+            out[to_plain(k)] = to_plain(v)
+        if hasattr(obj, "_metadata"):  # a state_dict's per-module versions
+            out._metadata = obj._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(obj, (list, tuple)):
+        items = [to_plain(v) for v in obj]
+        return items if isinstance(obj, list) else tuple(items)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, bool):
+        return bool(obj)
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj  # torch.Size, dtype, device...: torch.load(weights_only=True) knows them
+
+
+def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code from the file.
+
+    Files written before version strings were stored as plain ``str`` hold ``torch.__version__`` as a
+    ``TorchVersion`` (a ``str`` subclass with comparisons, no code); that one class is allowed as well.
+    """
+    allowed = []
+    try:
+        from torch.torch_version import TorchVersion
+
+        allowed.append(TorchVersion)
+    except ImportError:  # pragma: no cover - very old torch
+        pass
+    import contextlib
+    import warnings
+
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    allow = safe_globals(allowed) if safe_globals is not None and allowed else contextlib.nullcontext()
+    with allow, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4": we refuse or load anyway
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def versions() -> dict[str, str]:
     """Versions of the libraries a result depends on (stored in checkpoints, printed by the book)."""
     import platform
@@ -73,14 +144,15 @@ def versions() -> dict[str, str]:
 
     from . import __version__
 
-    out = {"medad_edu": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "numpy": np.__version__, "scikit-learn": sklearn.__version__}
+    # plain str (torch.__version__ is a TorchVersion), so checkpoints load with weights_only=True
+    out = {"medad_edu": str(__version__), "python": str(platform.python_version()),
+           "torch": str(torch.__version__), "numpy": str(np.__version__), "scikit-learn": str(sklearn.__version__)}
     try:
         from importlib.metadata import version
 
         for pkg in ("torchvision", "open_clip_torch", "matplotlib", "pillow"):
             try:
-                out[pkg] = version(pkg)
+                out[pkg] = str(version(pkg))
             except Exception:
                 pass
     except Exception:

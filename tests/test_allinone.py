@@ -11,7 +11,9 @@ from medad_edu.data import ArraySplit, MultiTaskData, TaskData
 from medad_edu.models.allinone import (AllInOne, BatchedExperts, PretrainedWeightsWarning, PromptEncoder, Router,
                                        hallucination_loss, optimal_u, routing_loss, topk_weights)
 from medad_edu.models.allinone import prompt_encoder as pe
+from medad_edu.models.baselines.aeu import LOGVAR_RANGE
 from medad_edu.models.components import ConvDecoder
+from medad_edu.models.scoring import pool_map
 
 PROMPTS = ["Brain MRI slice.", "Head CT slice.", "Retinal fundus image."]
 TASKS = ["brain_mri", "head_ct", "fundus"]
@@ -65,6 +67,17 @@ def test_shapes(size, batch):
         assert out.extras[key].shape == (batch, 1, size, size), key
     assert out.extras["routing"].shape == (batch, 5) and out.extras["features"].shape == (batch, 16)
     assert out.extras["score_no_hq"].shape == (batch,)
+    torch.testing.assert_close(out.pred_score, pool_map(out.anomaly_map, model.score_sigma, model.score_top))
+    # the default log-variance form: map = (x - x_hat)^2 exp(-s), s bounded
+    s = out.extras["hallucination"]
+    assert (s > LOGVAR_RANGE[0]).all() and (s < LOGVAR_RANGE[1]).all()
+    expected = (x - out.extras["reconstruction"]) ** 2 * torch.exp(-s)
+    torch.testing.assert_close(out.anomaly_map, expected)
+    # the published form: map = (x - x_hat)^2 exp(-u^2), score = the plain mean with score_top=1, score_sigma=0
+    torch.manual_seed(0)
+    pub = AllInOne(size, TASKS, PROMPTS, hallucination_form="published", score_top=1.0, score_sigma=0.0).eval()
+    with torch.no_grad():
+        out = pub(x, tid)
     torch.testing.assert_close(out.pred_score, out.anomaly_map.flatten(1).mean(1))
     expected = (x - out.extras["reconstruction"]) ** 2 * torch.exp(-out.extras["hallucination"] ** 2)
     torch.testing.assert_close(out.anomaly_map, expected)
@@ -191,7 +204,7 @@ def test_mixture_is_eq2_eq3():
         u = (s[:, :, None, None] * raw[:, :, 1]).sum(1, keepdim=True)
     assert ((s > 0).sum(1) == 2).all()
     torch.testing.assert_close(out.extras["reconstruction"], x_hat, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(out.extras["hallucination"], u, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.extras["hallucination"], -10 + 14 * torch.sigmoid(u), atol=1e-5, rtol=1e-4)  # log-variance form
     torch.testing.assert_close(out.extras["features"], v)
 
 
@@ -300,3 +313,22 @@ def test_explorer_static_figure():
     assert len(fig.axes) == 6 and "Brain MRI slice." in fig._suptitle.get_text()
     with pytest.raises(ValueError, match="index"):
         analyse(model, data, task=0, index=99)
+
+
+def test_logvar_form_is_active_on_unit_range_images():
+    """The published Eq. 5 has its optimum at u = 0 for any squared error <= 1; the log-variance form's optimum
+    s = ln e is finite and moves with e, so the term does something on images in [0, 1]."""
+    from medad_edu.models.allinone.loss import logvar_anomaly_map, logvar_loss
+
+    x, x_hat = torch.full((1, 1, 2, 2), 0.5), torch.tensor([[[[0.5, 0.6], [0.8, 0.45]]]])
+    e = (x - x_hat) ** 2
+    s = torch.log(e.clamp_min(1e-6)).requires_grad_(True)
+    loss = logvar_loss(x, x_hat, s)
+    loss.backward()
+    assert torch.allclose(s.grad[e > 1e-6], torch.zeros(3), atol=1e-6)  # s = ln e is stationary
+    torch.testing.assert_close(logvar_anomaly_map(x, x_hat, s.detach()), e * torch.exp(-s.detach()))
+    u = torch.zeros_like(e, requires_grad=True)  # published form: u = 0 is stationary for every e < 1
+    hallucination_loss(x, x_hat, u).backward()
+    assert torch.count_nonzero(u.grad) == 0
+    with pytest.raises(ValueError, match="hallucination_form"):
+        AllInOne(64, TASKS, PROMPTS, hallucination_form="other")

@@ -243,3 +243,40 @@ def test_patchcore_uses_a_trained_runs_encoder(tmp_path, easy_data):
     # rebuilt from its own arguments, without the run folder
     (tmp_path / "ae" / "checkpoint.pt").unlink()
     PatchCore(**model.init_args())
+
+
+# --- AE-U and the coarse-noise DAE ---------------------------------------------------------------------------------
+def test_aeu_loss_and_map_by_hand():
+    from medad_edu.models.baselines.aeu import AEU, uncertainty_nll
+
+    torch.manual_seed(0)
+    model = AEU(32, ["a"]).eval()
+    x = torch.rand(3, 1, 32, 32)
+    xs, mu, s = model.predict(x)
+    torch.testing.assert_close(xs, 2 * x - 1)
+    torch.testing.assert_close(uncertainty_nll(xs, mu, s), (torch.exp(-s) * (xs - mu) ** 2 + s).mean())
+    out = model(x)
+    torch.testing.assert_close(out.anomaly_map, torch.exp(-s) * (xs - mu) ** 2)
+    mean_model = AEU(32, ["a"], score_sigma=0.0, score_top=1.0).eval()
+    mean_model.load_state_dict(model.state_dict())
+    torch.testing.assert_close(mean_model(x).pred_score, out.anomaly_map.flatten(1).mean(1))
+    with pytest.raises(ValueError, match="score_top"):
+        AEU(32, ["a"], score_top=2.0)
+
+
+def test_coarse_noise_is_smooth_rolled_and_on_the_foreground_only():
+    from medad_edu.models.baselines.dae import DenoisingAE, coarse_noise, foreground_mask
+
+    x = torch.zeros(4, 1, 32, 32)
+    x[:, :, 8:24, 8:24] = 0.6  # a body in black air
+    noise = coarse_noise(x, torch.Generator().manual_seed(0), res=4, std=0.2)
+    fg = foreground_mask(x)
+    assert (noise[fg == 0] == 0).all() and noise[fg > 0].abs().sum() > 0
+    assert 0.05 < float(noise[fg > 0].std()) < 0.4
+    # smooth: neighbouring pixels differ far less than the noise's spread
+    assert float((noise[..., 1:] - noise[..., :-1]).abs()[..., 9:22, 9:22].mean()) < 0.2 * float(noise[fg > 0].std())
+    again = coarse_noise(x, torch.Generator().manual_seed(0), res=4, std=0.2)
+    torch.testing.assert_close(noise, again)  # seeded
+    model = DenoisingAE(32, ["a"], width=4, depth=2).eval()
+    out = model(x)
+    torch.testing.assert_close(out.anomaly_map, (x - out.extras["reconstruction"]).abs())

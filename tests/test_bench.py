@@ -45,6 +45,7 @@ def tiny_data_module():
 def test_resume_does_not_retrain_finished_runs(bench_dir):
     ae_run = bench_dir["out"] / "runs" / "ae-s0"
     assert {p.name: p.stat().st_mtime_ns for p in ae_run.iterdir()} == bench_dir["stamps"]
+    assert any("ae epoch 1/1: loss" in m for m in bench_dir["logs1"])  # per-epoch progress
     assert any("ae seed 0: already done" in m for m in bench_dir["logs2"])
     assert not any("ae seed 0: training" in m for m in bench_dir["logs2"])
     assert sum("patchcore seed" in m and "training" in m for m in bench_dir["logs2"]) == 2
@@ -90,6 +91,59 @@ def test_markdown_tables_come_from_results_json(bench_dir):
     assert f"{100 * auc:.2f} ±" in row
     assert (out / "figures" / "score_histograms.png").stat().st_size > 1000
     assert (out / "figures" / "gallery.png").stat().st_size > 1000
+
+
+def test_figures_are_readable(bench_dir):
+    from PIL import Image
+
+    fig_dir = bench_dir["out"] / "figures"
+    # gallery: 2 tasks x (abnormal, normal) rows; image, mask, ae, patchcore columns and a colour bar
+    w, h = Image.open(fig_dir / "gallery.png").size
+    assert w >= 4 * 130 + 60 and h >= 4 * 130
+    # histograms: 2 methods x 2 tasks, each panel large enough for its ticks
+    w, h = Image.open(fig_dir / "score_histograms.png").size
+    assert w >= 2 * 230 and h >= 2 * 170
+
+
+def test_gallery_shows_scores_and_a_colour_bar():
+    import numpy as np
+
+    from medad_edu.interface.plots import anomaly_gallery
+
+    rng = np.random.default_rng(0)
+    images, masks = rng.random((2, 16, 16)), np.zeros((2, 16, 16))
+    maps = {"ae": [rng.random((16, 16)), None], "nsa": [rng.random((16, 16)), rng.random((16, 16))]}
+    fig = anomaly_gallery(images, masks, ["t\nabnormal", "t\nnormal"], maps,
+                          scores={"ae": [0.123456, None], "nsa": [2.0, 3.0]})
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "ae\n0.123" in titles and "nsa\n2" in titles and "3" in titles
+    assert len(fig.axes) == 2 * 4 + 1  # the grid and one colour bar
+
+
+def test_markdown_heading_level(bench_dir):
+    res = bench_dir["results"]
+    md, md4 = render_markdown(res), render_markdown(res, heading_level=4)
+    assert md.startswith("# Benchmark") and md4.startswith("#### Benchmark")
+    assert "\n## Cost" in md and "\n##### Cost" in md4 and not any(line.startswith(("# ", "## ", "### "))
+                                                                   for line in md4.splitlines())
+    assert md4.replace("#####", "##").replace("####", "#") == md  # only the headings differ
+    with pytest.raises(ValueError, match="heading_level"):
+        render_markdown(res, heading_level=0)
+
+
+def test_training_reports_its_epochs_without_a_bar(tiny_data_module, tmp_path, monkeypatch, capfd):
+    import medad_edu.evaluation.bench as bench
+
+    logs = []
+    run_bench(["ae"], data=tiny_data_module, seeds=[0], out_dir=tmp_path, epochs=3, batch_size=16, figures=False,
+              log=logs.append)
+    assert sum("ae epoch" in m and "loss" in m for m in logs) == 3  # the trainer's lines (every epochs // 5)
+    monkeypatch.setattr(bench, "EPOCH_LOG_SECONDS", 0.0)  # every finished epoch but the last gets a timing line
+    logs = []
+    run_bench(["ae"], data=tiny_data_module, seeds=[1], out_dir=tmp_path, epochs=3, batch_size=16, figures=False,
+              log=logs.append)
+    assert [m.split(":")[0] for m in logs if "s/epoch" in m] == ["[bench]   ae epoch 1/3", "[bench]   ae epoch 2/3"]
+    assert "it/s" not in capfd.readouterr().err  # no tqdm bar
 
 
 def test_mean_std_formatting():

@@ -87,7 +87,7 @@ def test_train_universal_methods_on_a_bmad_root_with_tasks_json(tiny_root, tmp_p
     (root / "tasks.json").write_text(json.dumps(prompts))
     run = tmp_path / "run"
     # two proxy tasks keep the multi-task learner's step cheap; the option goes through the CLI's JSON parsing
-    options = ["--option", 'proxy_tasks=["inpaint", "lesion"]'] if method == "mtl" else []
+    options = ["--option", 'proxy_tasks=["denoise", "lesion"]'] if method == "mtl" else []
     assert run_cli("train", "--method", method, "--data", root, "--out", run, "--epochs", 1,
                    "--image-size", 32, "--batch-size", 16, "--no-progress", *options) == 0
     model, _ = load_model(run, "cpu")

@@ -14,7 +14,7 @@ def test_8bit_grey(tmp_path):
     assert out[0, 0] == 0 and out[-1, -1] == pytest.approx(1.0)
 
 
-def test_16bit_full_range_and_12bit(tmp_path):
+def test_16bit_scaled_by_bit_depth_not_content(tmp_path):
     full = (np.linspace(0, 65535, 256).reshape(16, 16)).astype(np.uint16)
     Image.fromarray(full).save(tmp_path / "full.png")
     out = read_image(tmp_path / "full.png")
@@ -22,7 +22,15 @@ def test_16bit_full_range_and_12bit(tmp_path):
     twelve = (np.linspace(0, 4000, 256).reshape(16, 16)).astype(np.uint16)  # 12-bit data in a 16-bit file
     Image.fromarray(twelve).save(tmp_path / "twelve.png")
     out12 = read_image(tmp_path / "twelve.png")
-    assert out12.max() == pytest.approx(4000 / 4095, rel=1e-4)
+    assert out12.max() == pytest.approx(4000 / 65535, rel=1e-5)  # the container's depth, not the image's max
+    # the same stored value is the same grey level whatever else the image holds (PNG and TIFF alike)
+    for suffix in ("png", "tif"):
+        dark, bright = np.full((16, 16), 1000, np.uint16), np.full((16, 16), 1000, np.uint16)
+        bright[0, 0] = 60000
+        Image.fromarray(dark).save(tmp_path / f"dark.{suffix}")
+        Image.fromarray(bright).save(tmp_path / f"bright.{suffix}")
+        a, b = read_image(tmp_path / f"dark.{suffix}"), read_image(tmp_path / f"bright.{suffix}")
+        assert a[5, 5] == b[5, 5] == pytest.approx(1000 / 65535, rel=1e-5), suffix
 
 
 def test_rgb_rgba_palette_to_luma(tmp_path):
@@ -77,11 +85,18 @@ def test_resize_image_and_mask():
     assert m.dtype == np.uint8 and set(np.unique(m)) == {0, 1}
 
 
-def test_dicom_roundtrip():
+def test_dicom_rescale_and_window():
     pydicom = pytest.importorskip("pydicom")
     from pydicom.data import get_testdata_file
 
+    # CT_small: int16 (PixelRepresentation 1, BitsStored 16), intercept -1024, no stored window: the full
+    # signed 16-bit range through the rescale, [-32768 - 1024, 32767 - 1024] -> [0, 1]
     path = get_testdata_file("CT_small.dcm")
+    raw = pydicom.dcmread(path).pixel_array.astype(np.float64)
     out = read_image(path)
-    assert out.shape == (128, 128) and out.min() == 0.0 and out.max() == pytest.approx(1.0)
-    assert pydicom is not None
+    assert out.shape == (128, 128)
+    np.testing.assert_allclose(out, (raw - 1024 + 33792) / 65535, rtol=0, atol=1e-6)
+    # MR_small stores WindowCenter 600 / WindowWidth 1600: [-200, 1400] -> [0, 1], clipped
+    path = get_testdata_file("MR_small.dcm")
+    raw = pydicom.dcmread(path).pixel_array.astype(np.float64)
+    np.testing.assert_allclose(read_image(path), np.clip((raw + 200) / 1600, 0, 1), rtol=0, atol=1e-6)

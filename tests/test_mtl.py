@@ -375,8 +375,9 @@ def test_checkpoint_round_trip_restores_normalisation(tmp_path):
 
     data = tiny_data()
     cfg = make_config("mtl", "quick", epochs=1, batch_size=8, image_size=S,
-                      options={"width": 4, "clusters": 2, "num_experts": 2, "top_k": 1, "moe_layers": 1,
-                               "proxy_tasks": ["inpaint", "lesion", "rotate", "cluster"], "fusion": "rank"})
+                      options={**MultiTaskLearner.CLASSIC, "width": 4, "clusters": 2, "num_experts": 2, "top_k": 1,
+                               "moe_layers": 1, "proxy_tasks": ["inpaint", "lesion", "rotate", "cluster"],
+                               "fusion": "rank"})
     res = train(cfg, run_dir=tmp_path, data=data, progress=False)
     model = res.model
     assert bool(model.normalizer.fitted) and model.normalizer.count[0, 0] == 6  # the 6 normal valid images
@@ -513,3 +514,44 @@ def test_lesion_weight_scales_the_lesion_loss_in_the_total():
     torch.testing.assert_close(losses["loss"], 0.01 * losses["balance"] + losses["rotate"] + 5.0 * losses["lesion"])
     with pytest.raises(ValueError, match="lesion_weight"):
         MultiTaskLearner(S, ["alpha"], lesion_weight=0.0)
+
+
+# --- the U-Net design (the quick and paper default) --------------------------------------------------------------
+def test_unet_design_losses_failures_and_organ_gate():
+    from medad_edu.models.mtl.unet_model import UNET_TASKS
+
+    torch.manual_seed(0)
+    model = MultiTaskLearner(S, ["alpha", "beta"], design="unet", proxy_tasks=list(UNET_TASKS), width=4, depth=2,
+                             num_experts=2, top_k=1)
+    x = torch.rand(4, 1, S, S)
+    groups = torch.tensor([0, 0, 1, 1])
+    losses = model.training_loss({"image": x, "task_id": groups})
+    assert set(losses) >= {"loss", "denoise", "lesion", "balance"} and torch.isfinite(losses["loss"])
+    model.eval()
+    scores, maps, gates = model.net.failures(x, groups)
+    assert scores.shape == (4, 2) and maps.shape == (4, 2, S, S) and gates.shape == (4, 2, 2)
+    # the gate row depends on the organ: the same image gated as organ 0 or organ 1 uses different table rows
+    idx0 = model.net.gate_index(1, torch.zeros(1, dtype=torch.long), 1, "cpu")
+    idx1 = model.net.gate_index(1, torch.ones(1, dtype=torch.long), 1, "cpu")
+    assert int(idx0) == 2 and int(idx1) == 3
+    # denoise failure is the absolute residual of the clean input, lesion failure a probability
+    assert (maps[:, 0] >= 0).all() and ((maps[:, 1] >= 0) & (maps[:, 1] <= 1)).all()
+    with pytest.raises(ValueError, match="design 'unet'"):
+        MultiTaskLearner(S, ["alpha"], design="unet", proxy_tasks=["rotate"])
+    with pytest.raises(ValueError, match="weight_source"):
+        MultiTaskLearner(S, ["alpha"], weight_source="test")
+
+
+def test_validation_weight_source_uses_valid_abnormals(tmp_path):
+    from medad_edu.training import make_config, train
+
+    data = tiny_data()
+    cfg = make_config("mtl", "quick", epochs=1, batch_size=8, image_size=S,
+                      options={"width": 4, "depth": 2, "num_experts": 2, "top_k": 1, "fusion": "weighted",
+                               "weight_source": "validation"})
+    model = train(cfg, None, data=data, progress=False).model
+    w = model.normalizer.weights
+    assert torch.isfinite(w).all() and torch.allclose(w.sum(1), torch.ones(len(w)))
+    positives, groups = model._validation_positives(data, torch.zeros(0, 1, S, S), torch.zeros(0, dtype=torch.long))
+    valid = data.tasks[0].valid
+    assert len(positives) == int((valid.labels == 1).sum()) * len(data.tasks)

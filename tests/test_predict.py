@@ -69,8 +69,15 @@ def test_predict_odd_inputs(ae_run, odd_images, tmp_path):
         assert (out / f"{stem}_map.png").is_file() and (out / f"{stem}_overlay.png").is_file()
     huge = next(r for r in rows if r["file"] == "huge.png")
     assert huge["original_size"] == "2000x2000"
-    assert Image.open(out / "huge_overlay.png").size == (1024, 1024)  # written at most --max-side
+    assert Image.open(out / "huge_map.png").size == (1024, 1024)  # written at most --max-side
     assert Image.open(out / "sixteen_map.png").size == (50, 40)  # the image's own size and aspect
+    # the overlays are figures: the image panel (at most --max-side, small images enlarged to 256 px) plus a
+    # title band (file, score, threshold, decision) and a colour bar
+    w, h = Image.open(out / "huge_overlay.png").size
+    assert 1024 < w <= 1024 + 120 and 1024 < h <= 1024 + 80
+    w, h = Image.open(out / "sixteen_overlay.png").size
+    assert 256 < w <= 256 + 120 and 256 * 40 / 50 < h <= 256 * 40 / 50 + 80
+    assert min(Image.open(out / "alpha_overlay.png").size) > 256
     assert (out / "skipped.csv").read_text().count("\n") == 4  # header + 3 skipped
 
 
@@ -109,3 +116,16 @@ def test_prompt_matching():
     assert resolve_task(model, None, "Head CT slice.")[0] == 4
     with pytest.raises(ValueError, match="either --task or --prompt"):
         resolve_task(model, "head_ct", "Head CT slice.")
+
+
+def test_overlay_figure_is_readable():
+    from medad_edu.interface.plots import overlay_figure
+
+    rng = np.random.default_rng(0)
+    fig, (w, h) = overlay_figure(rng.random((64, 48)), rng.random((64, 48)), title="a.png: abnormal\nscore 0.3",
+                                 vmax=1.0)
+    assert (w, h) == (192, 256)  # enlarged to the 256 px longest side, aspect kept
+    assert fig.texts[0].get_text().startswith("a.png: abnormal")
+    assert len(fig.axes) == 2  # the image and its colour bar
+    width, height = (fig.get_size_inches() * fig.dpi).round()
+    assert width > w and height > h

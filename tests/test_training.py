@@ -139,3 +139,40 @@ def test_model_input_checks(tiny_data):
         model(torch.rand(2, 1, 32, 32), torch.tensor([0, 5]))
     with pytest.raises(ValueError, match="grey"):
         model(torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))
+
+
+def test_resume_with_other_settings_needs_allow_config_change(tmp_path, tiny_data):
+    train(cfg(epochs=1), tmp_path / "run", data=tiny_data, progress=False)
+    with pytest.raises(CheckpointError, match=r"config\.json \(seed: 0 -> 3; lr: 0\.001 -> 0\.01\)"):
+        train(cfg(epochs=2, seed=3, lr=1e-2), tmp_path / "run", data=tiny_data, progress=False)
+    other_batch = make_config("ae", "quick", epochs=1, image_size=32, batch_size=4)
+    with pytest.raises(CheckpointError, match=r"\(batch_size: 8 -> 4\)"):
+        train(other_batch, tmp_path / "run", data=tiny_data, progress=False)
+    # data given explicitly: the embedded-size preset does not decide what is trained, so it is not compared
+    res = train(cfg(epochs=2, sizes="tiny"), tmp_path / "run", data=tiny_data, progress=False)
+    assert len(res.history) == 2
+    res = train(cfg(epochs=3, seed=3), tmp_path / "run", data=tiny_data, progress=False, allow_config_change=True)
+    state = read_checkpoint(tmp_path / "run")
+    assert len(res.history) == 3 and state["config"]["seed"] == 3
+    assert state["extra"]["config_changes"] == [{"after_epoch": 2, "changes": ["seed: 0 -> 3"]}]
+
+
+def test_lock_is_released_when_training_fails(tmp_path, tiny_data, monkeypatch):
+    fcntl = pytest.importorskip("fcntl")
+    def boom(self, batch):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(AutoEncoder, "training_loss", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(cfg(epochs=1), tmp_path / "run", data=tiny_data, progress=False)
+    with open(tmp_path / "run" / ".lock") as fh:  # nobody holds it any more
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_checkpoint_is_plain_data(tmp_path, tiny_data):
+    train(cfg(epochs=1), tmp_path / "run", data=tiny_data, progress=False)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)  # no custom classes inside
+    assert all(type(v) is str for v in state["versions"].values())
+    torch.save({"format_version": 1, "method": np.float64(1.0)}, tmp_path / "numpy.pt")
+    with pytest.raises(CheckpointError, match=r"numpy\.pt: refused to load"):
+        read_checkpoint(tmp_path / "numpy.pt")

@@ -18,7 +18,8 @@ Three single-task layouts are recognised, and a multi-task root holds one of the
 
 A multi-task root may carry ``tasks.json`` = ``{"<task folder>": "<prompt text>"}``; without it, known task
 names (``rsna``, ``brats``, ``lag``, ``busi``, ``headct``, our own names...) get the All-in-One paper's prompts
-and others a generic one.
+and others a generic one. A task folder that ``tasks.json`` does not name is not dropped: it is loaded after the
+named ones with that default prompt, and a warning naming it is printed on stderr.
 
 Every problem is an error that names the path: missing or empty folders, an unreadable image, an abnormal image
 without its mask, a mask without its image, a mask whose size differs from its image.
@@ -28,6 +29,7 @@ Explained in notebooks/01_data.ipynb.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -316,13 +318,21 @@ def load_root(root: str | Path, image_size: int, tasks: Sequence[str] | None = N
     if detect_layout(root) is not None:  # the root is itself one task
         task = load_task(root, image_size, prompt=prompts.get(root.name), seed=seed)
         return MultiTaskData([task], image_size, name=str(root))
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and detect_layout(p) is not None)
     if prompts:
         names = list(prompts)
         for n in names:
             if not (root / n).is_dir():
                 raise DataLayoutError(f"{root / 'tasks.json'} names task {n!r} but {root / n} does not exist")
+        unnamed = [n for n in found if n not in prompts]
+        for n in unnamed:
+            if tasks and n not in tasks:
+                continue
+            print(f"warning: {root / 'tasks.json'} does not name the task folder {root / n}; it is used with "
+                  f"the default prompt {default_prompt(n)!r}", file=sys.stderr)
+        names += unnamed
     else:
-        names = sorted(p.name for p in root.iterdir() if p.is_dir() and detect_layout(p) is not None)
+        names = found
     if tasks:
         unknown = [t for t in tasks if t not in names]
         if unknown:

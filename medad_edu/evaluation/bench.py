@@ -64,7 +64,8 @@ SCHEMA_VERSION = 1
 RESULT_NAME = "bench_result.json"
 PRED_NAME = "predictions.npz"
 # Methods whose trained encoder PatchCore can use (backbone "auto"), in order of preference.
-ENCODER_SOURCES = ("mtl", "allinone", "ae")
+# (The U-Net design of MTL-MAD has no bottleneck encoder, so it is the last choice: a classic-design run only.)
+ENCODER_SOURCES = ("allinone", "ae", "mtl")
 
 
 class BenchSettingsError(ValueError):
@@ -155,6 +156,55 @@ def _spec_diff(old: dict, new: dict) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
+# Progress of a training inside the bench: the trainer's own epoch lines (loss and speed, every epochs // 5
+# epochs) plus, when more than this many seconds passed since the last line, one line per finished epoch.
+EPOCH_LOG_SECONDS = 10.0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _train_with_epoch_lines(train: Callable, cfg, run_dir: Path, data: MultiTaskData,
+                            log: Callable[[str], None]):
+    """``train(cfg, run_dir, data=data)`` reporting its epochs through ``log``, without a tqdm bar.
+
+    The trainer logs its epoch lines only with ``progress=True``, which also draws a tqdm bar; here its
+    ``_progress`` wrapper is swapped, for this call only, for one that draws no bar and adds an epoch line
+    (seconds per epoch, time left) whenever the last line is :data:`EPOCH_LOG_SECONDS` old.
+    """
+    from unittest import mock
+
+    from ..training import trainer as trainer_module
+
+    if not callable(getattr(trainer_module, "_progress", None)):  # another trainer: no epoch lines, no bar
+        return train(cfg, run_dir, data=data, progress=False, log=log)
+    last = [time.perf_counter()]
+
+    def log_line(msg: str) -> None:
+        last[0] = time.perf_counter()
+        log(msg)
+
+    def epochs_without_bar(iterable, enabled=True, desc="", total=None):
+        total = len(iterable) if total is None else total
+        t0, n = time.perf_counter(), 0
+        for epoch in iterable:
+            yield epoch
+            n += 1
+            now = time.perf_counter()
+            if n < total and now - last[0] >= EPOCH_LOG_SECONDS:
+                per = (now - t0) / n
+                log_line(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}: {per:.1f} s/epoch, about "
+                         f"{_duration(per * (total - n))} left")
+
+    with mock.patch.object(trainer_module, "_progress", epochs_without_bar):
+        return train(cfg, run_dir, data=data, progress=True, log=log_line)
+
+
 def run_one(method: str, seed: int, data: MultiTaskData, data_spec: str, config: str, run_dir: Path,
             options: dict | None = None, overrides: dict | None = None, log: Callable[[str], None] = print) -> dict:
     """Train (or resume) and evaluate one method with one seed; returns its bench record (cached on disk)."""
@@ -178,7 +228,7 @@ def run_one(method: str, seed: int, data: MultiTaskData, data_spec: str, config:
         f"in {run_dir}")
     epochs_before = _finished_epochs(run_dir)
     t0, c0 = time.perf_counter(), time.process_time()
-    res = train(cfg, run_dir, data=data, progress=False, log=lambda m: log(f"[bench]   {m}"))
+    res = _train_with_epoch_lines(train, cfg, run_dir, data, log=lambda m: log(f"[bench]   {m}"))
     call_wall, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     hist = res.history
     seconds = sum(h["seconds"] for h in hist)
@@ -403,13 +453,20 @@ def summary_table(results: dict) -> dict[str, dict[str, tuple[float | None, floa
             for m, rs in _by_method(results).items()}
 
 
-def render_markdown(results: dict) -> str:
-    """``results.md`` from ``results.json`` alone (deterministic: the book's test regenerates and compares)."""
+def render_markdown(results: dict, heading_level: int = 1) -> str:
+    """``results.md`` from ``results.json`` alone (deterministic: the book's test regenerates and compares).
+
+    ``heading_level`` is the level of the title (``#`` by default, as in ``results.md``); the sections are one
+    level below. A page that shows the tables under its own sections passes e.g. 4 (``####``).
+    """
+    if not 1 <= heading_level <= 5:
+        raise ValueError(f"heading_level must be 1 to 5; got {heading_level}")
+    h1, h2 = "#" * heading_level, "#" * (heading_level + 1)
     by = _by_method(results)
     tasks = results["data"]["tasks"]
     seeds_txt = "; ".join(f"{m}: {', '.join(str(r['seed']) for r in rs)}" for m, rs in by.items())
     n_test = results["data"].get("n_test", {})
-    lines = [f"# Benchmark: {results['data']['name']} data, `{results['config']}` configuration", ""]
+    lines = [f"{h1} Benchmark: {results['data']['name']} data, `{results['config']}` configuration", ""]
     lines.append(f"- Data: `{results['data']['spec']}`, tasks {', '.join(tasks)}, {results['data']['image_size']} px "
                  f"(`{results['data']['sizes']}` sizes); test images per task (normal + abnormal): "
                  + ", ".join(f"{t} {n[0]}+{n[1]}" for t, n in n_test.items()) + ".")
@@ -422,7 +479,7 @@ def render_markdown(results: dict) -> str:
     if results.get("failures"):
         lines.append("- Failed runs: " + "; ".join(f"{f['method']} seed {f['seed']} ({f['error']})"
                                                    for f in results["failures"]) + ".")
-    lines += ["", "## Image-level detection per task (All-in-One Table 1 layout)", "",
+    lines += ["", f"{h2} Image-level detection per task (All-in-One Table 1 layout)", "",
               "AUC / F1 / ACC in %, each the mean over seeds. As in the All-in-One paper, F1 and ACC are taken at "
               "the threshold that maximises F1 on the test set itself (optimistic); **ACC@val** is the accuracy "
               "at the threshold chosen on validation data at training time (what a deployed model gets).", ""]
@@ -438,7 +495,7 @@ def render_markdown(results: dict) -> str:
         cells.append("**" + " / ".join(_pct(v) for v in mean) + "**")
         cells.append(_pct(_mean_std([r["evaluation"]["mean"].get("acc_at_valid_threshold") for r in rs])[0]))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Detection and localisation (BMAD layout)", "",
+    lines += ["", f"{h2} Detection and localisation (BMAD layout)", "",
               "Mean over tasks, then mean ± standard deviation over seeds (sample std, ddof = 1; no ± with one "
               "seed), in %. AUPRO integrates the per-region overlap up to a false-positive rate of 0.3.", ""]
     head = ["Method", "seeds", "Image AUROC", "Pixel AUROC", "AUPRO", "AP", "best Dice"]
@@ -447,13 +504,13 @@ def render_markdown(results: dict) -> str:
         cells = [m, str(len(rs))] + [_pm([r["evaluation"]["mean"].get(k) for r in rs])
                                      for k in ("image_auroc", "pixel_auroc", "aupro", "ap", "dice")]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Image AUROC per task (%, mean ± std over seeds)", ""]
+    lines += ["", f"{h2} Image AUROC per task (%, mean ± std over seeds)", ""]
     head = ["Method"] + tasks
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, rs in by.items():
         lines.append("| " + " | ".join([m] + [_pm([r["evaluation"]["tasks"].get(t, {}).get("image_auroc")
                                                     for r in rs]) for t in tasks]) + " |")
-    lines += ["", f"## Cost ({results['hardware']}, device `{results['device']}`)", "",
+    lines += ["", f"{h2} Cost ({results['hardware']}, device `{results['device']}`)", "",
               "Mean over seeds. Train s: wall time of training (incl. fitting hooks and threshold choice); CPU s: "
               "process CPU time of the same (unaffected by other jobs on a shared machine); train img/s: images "
               "per second of computation (time waiting for batches excluded); data wait: share of the epoch time "
@@ -503,11 +560,9 @@ def first_seed_predictions(results: dict) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def make_figures(results: dict, data: MultiTaskData, fig_dir: str | Path, dpi: int = 70) -> list[Path]:
+def make_figures(results: dict, data: MultiTaskData, fig_dir: str | Path, dpi: int = 100) -> list[Path]:
     """``score_histograms.png`` and ``gallery.png`` (each method's lowest seed) in ``fig_dir``."""
-    from matplotlib.figure import Figure  # no pyplot: works headless and leaves a notebook's backend alone
-
-    from ..interface.plots import score_histogram
+    from ..interface.plots import anomaly_gallery, score_histogram_grid
 
     fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -517,23 +572,8 @@ def make_figures(results: dict, data: MultiTaskData, fig_dir: str | Path, dpi: i
     tasks = results["data"]["tasks"]
     methods = list(preds)
     written = []
-    fig = Figure(figsize=(2.0 * len(tasks), 1.5 * len(methods)))
-    axes = fig.subplots(len(methods), len(tasks), squeeze=False)
-    for i, m in enumerate(methods):
-        p = preds[m]
-        for j, t in enumerate(tasks):
-            sel = p["task_ids"] == j
-            ax = axes[i][j]
-            score_histogram(p["scores"][sel], p["labels"][sel], ax=ax, bins=20,
-                            title=(t if i == 0 else ""))
-            ax.set_xlabel("")
-            ax.tick_params(labelsize=5)
-            if ax.get_legend() is not None and not (i == 0 and j == 0):
-                ax.get_legend().remove()
-            if j == 0:
-                ax.set_ylabel(m, fontsize=8)
-    fig.suptitle("Test score histograms: normal (blue) vs abnormal (red)", fontsize=9)
-    fig.tight_layout()
+    fig = score_histogram_grid({m: p["scores"] for m, p in preds.items()}, {m: p["labels"] for m, p in preds.items()},
+                               {m: p["task_ids"] for m, p in preds.items()}, tasks)
     path = fig_dir / "score_histograms.png"
     fig.savefig(path, dpi=dpi)
     written.append(path)
@@ -542,40 +582,22 @@ def make_figures(results: dict, data: MultiTaskData, fig_dir: str | Path, dpi: i
     gidx = preds[methods[0]]["gallery_index"]
     images, masks, labels = tensors.images[gidx, 0].numpy(), tensors.masks[gidx, 0].numpy(), tensors.labels[gidx]
     tids = tensors.task_ids[gidx].numpy()
-    n_cols = 2 + len(methods)
-    fig = Figure(figsize=(1.05 * n_cols, 1.1 * len(gidx)))
-    axes = fig.subplots(len(gidx), n_cols, squeeze=False)
-    for r in range(len(gidx)):
-        row_maps = {}
-        for m in methods:
-            p = preds[m]
-            pos = np.flatnonzero(p["gallery_index"] == gidx[r])
-            row_maps[m] = p["gallery_maps"][pos[0]].astype(np.float32) if len(pos) else None
-        cells = [(images[r], "gray", (0, 1)), (masks[r], "gray", (0, 1))]
-        for m in methods:
-            amap = row_maps[m]
-            if amap is None:
-                cells.append((None, None, None))
-                continue
-            # One colour scale per (method, task) over that task's gallery images: a normal image's map is
-            # shown on the same scale as the abnormal one's.
-            same_task = [k for k in range(len(gidx)) if tids[k] == tids[r]]
-            pool = np.concatenate([preds[m]["gallery_maps"][np.flatnonzero(preds[m]["gallery_index"] == gidx[k])]
-                                   .astype(np.float32).ravel() for k in same_task])
+    maps, scores, scales = {}, {}, {}
+    for m in methods:
+        p = preds[m]
+        pos = [np.flatnonzero(p["gallery_index"] == g) for g in gidx]
+        maps[m] = [p["gallery_maps"][q[0]].astype(np.float32) if len(q) else None for q in pos]
+        scores[m] = [float(p["scores"][g]) if g < len(p["scores"]) else None for g in gidx]
+        # One colour scale per (method, task) over that task's gallery images: a normal image's map is
+        # shown on the same scale as the abnormal one's.
+        scales[m] = []
+        for r in range(len(gidx)):
+            pool = [maps[m][k].ravel() for k in range(len(gidx)) if tids[k] == tids[r] and maps[m][k] is not None]
+            pool = np.concatenate(pool) if pool else np.zeros(1, np.float32)
             lo, hi = float(np.percentile(pool, 1)), float(np.percentile(pool, 99.5))
-            cells.append((amap, "inferno", (lo, hi if hi > lo else lo + 1e-6)))
-        for c, (img, cmap, lim) in enumerate(cells):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if img is None:
-                ax.axis("off")
-                continue
-            ax.imshow(img, cmap=cmap, vmin=lim[0], vmax=lim[1], interpolation="nearest")
-            if r == 0:
-                ax.set_title((["image", "mask"] + methods)[c], fontsize=7)
-        axes[r][0].set_ylabel(f"{tasks[tids[r]]}\n{'abnormal' if int(labels[r]) else 'normal'}", fontsize=6)
-    fig.tight_layout(pad=0.3)
+            scales[m].append((lo, hi if hi > lo else lo + 1e-6))
+    row_labels = [f"{tasks[tids[r]]}\n{'abnormal' if int(labels[r]) else 'normal'}" for r in range(len(gidx))]
+    fig = anomaly_gallery(images, masks, row_labels, maps, scores=scores, scales=scales)
     path = fig_dir / "gallery.png"
     fig.savefig(path, dpi=dpi)
     written.append(path)

@@ -5,6 +5,10 @@
                           "n_normal", "n_abnormal"}},
      "mean": {...}}
 
+``medad-edu evaluate`` adds ``"run"``, ``"data"`` and ``"checkpoint": {"complete", "epoch", "problems"}``: it
+refuses a run whose training is unfinished or whose model holds NaN/infinite weights unless asked to go on
+(``--allow-incomplete``, ``--allow-nonfinite``), and then names the problem in ``problems``.
+
 All metric values are fractions in [0, 1]; pixel metrics are ``null`` for a task without masks. ``f1`` and
 ``acc`` follow the All-in-One paper's protocol (at the F1-maximising threshold on the evaluated split);
 ``acc_at_valid_threshold`` uses the threshold chosen on validation data at training time (the honest one).

@@ -5,20 +5,25 @@ Subcommands::
     medad-edu data make --out DIR [--size N] [--seed S] [--set phantom|real] [--sizes tiny|quick|paper]
     medad-edu train --method NAME --data DIR|embedded --out RUN [--config quick|paper] [--epochs N]
                     [--image-size N] [--batch-size N] [--lr LR] [--device auto|cpu|cuda|mps] [--seed S]
-    medad-edu evaluate --run RUN [--data DIR] --json FILE
+                    [--option KEY=VALUE ...] [--allow-config-change]
+    medad-edu evaluate --run RUN [--data DIR] --json FILE [--method NAME] [--allow-incomplete] [--allow-nonfinite]
     medad-edu bench ...      (see medad-edu bench --help)
     medad-edu predict ...    (see medad-edu predict --help)
     medad-edu methods        (list the methods this installation provides)
 
 Bad input gives a non-zero exit and a one-line reason on stderr (``--debug`` shows the traceback).
+Checkpoints are only ever read with ``weights_only=True`` (``medad_edu.training.checkpoint``): ``evaluate``,
+``predict`` and a resumed ``train`` refuse a file that could run code.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 
@@ -36,6 +41,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
     return value
 
 
@@ -101,10 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps")
     tr.add_argument("--seed", type=int, default=0, help="training seed (default 0); the data is fixed")
     tr.add_argument("--sizes", choices=["tiny", "quick", "paper"], help="embedded data size preset")
-    tr.add_argument("--workers", type=int, default=None, help="threads decoding image files (default: 0)")
+    tr.add_argument("--workers", type=_non_negative_int, default=None,
+                    help="threads decoding image files, 0 or more (default: 0)")
     tr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                    help="method option, repeatable, value parsed as JSON when possible (e.g. --option top_k=2)")
+                    help="method option, repeatable, value parsed as JSON when possible (e.g. --option top_k=2); "
+                         "an unknown option or a value of the wrong type is an error naming the method's options")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("--allow-config-change", action="store_true",
+                    help="resume a run in --out even though these settings differ from its config.json "
+                         "(without it such a resume is refused and the differences are listed)")
 
     ev = sub.add_parser("evaluate", help="evaluate a trained run on the test split; writes a JSON file")
     ev.add_argument("--run", required=True, type=Path, help="run folder written by `medad-edu train`")
@@ -113,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", required=True, type=Path, help="output JSON file")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     ev.add_argument("--split", choices=["test", "valid"], default="test", help="split to evaluate (default test)")
+    ev.add_argument("--method", default=None, help="the method the run must hold (an error if it holds another)")
+    ev.add_argument("--allow-incomplete", action="store_true",
+                    help="evaluate a run whose training is unfinished (marked in the JSON; refused without it)")
+    ev.add_argument("--allow-nonfinite", action="store_true",
+                    help="evaluate a model with NaN/infinite weights (marked in the JSON; refused without it)")
 
     sub.add_parser("methods", help="list the available methods")
 
@@ -130,11 +155,87 @@ def _parse_options(items: list[str]) -> dict:
         if "=" not in item:
             raise CliError(f"--option expects KEY=VALUE, got {item!r}")
         key, val = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise CliError(f"--option expects KEY=VALUE, got {item!r}")
         try:
             out[key] = json.loads(val)
         except json.JSONDecodeError:
             out[key] = val
     return out
+
+
+_NOT_OPTIONS = {"self", "image_size", "task_names", "prompts"}
+
+
+def _option_kind(param: inspect.Parameter) -> str:
+    """The expected type of a constructor option, as written in its annotation (or read off its default)."""
+    ann = param.annotation
+    if ann is not inspect.Parameter.empty:
+        return ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
+    default = param.default
+    if default is inspect.Parameter.empty or default is None:
+        return "any"
+    if isinstance(default, (tuple, list)):
+        return "list"
+    return type(default).__name__
+
+
+def _accepts(kind: str, value: Any) -> bool:
+    """Whether ``value`` (parsed from JSON) fits ``kind`` (``int``, ``float | None``, ``list[int]``...)."""
+    verdicts = []
+    for part in kind.split("|"):
+        base = part.strip().split("[")[0].strip().rsplit(".", 1)[-1]
+        if base in ("None", "NoneType"):
+            verdicts.append(value is None)
+        elif base == "int":
+            verdicts.append(isinstance(value, int) and not isinstance(value, bool))
+        elif base == "float":
+            verdicts.append(isinstance(value, (int, float)) and not isinstance(value, bool))
+        elif base == "bool":
+            verdicts.append(isinstance(value, bool))
+        elif base == "str":
+            verdicts.append(isinstance(value, str))
+        elif base in ("list", "tuple", "Sequence"):
+            verdicts.append(isinstance(value, (list, tuple)))
+        elif base in ("dict", "Mapping"):
+            verdicts.append(isinstance(value, dict))
+        else:  # a type we do not check (Any, a Literal...): let the method judge
+            return True
+    return any(verdicts)
+
+
+def method_options(method: str) -> dict[str, tuple[str, Any]]:
+    """``{option: (expected type, default)}`` read off the method class's ``__init__`` signature."""
+    from ..models.registry import get_method
+
+    params = inspect.signature(get_method(method).__init__).parameters
+    return {name: (_option_kind(p), p.default) for name, p in params.items()
+            if name not in _NOT_OPTIONS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def check_method_options(method: str, options: dict[str, Any]) -> None:
+    """Refuse an option the method does not take, or a value of the wrong type, naming the valid options."""
+    from ..models.registry import get_method
+
+    if not options:
+        return
+    params = inspect.signature(get_method(method).__init__).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    known = method_options(method)
+
+    def listing() -> str:
+        return ", ".join(f"{n} ({k}, default {d!r})" for n, (k, d) in known.items()) or "none"
+
+    for key, value in options.items():
+        if key not in known:
+            if takes_any:
+                continue
+            raise CliError(f"--option {key}: method {method!r} has no option {key!r}; its options are: {listing()}")
+        kind, _ = known[key]
+        if not _accepts(kind, value):
+            raise CliError(f"--option {key}={json.dumps(value) if not isinstance(value, str) else value}: "
+                           f"method {method!r} expects {kind} for {key!r}; its options are: {listing()}")
 
 
 def _print_table(report: dict) -> None:
@@ -163,12 +264,14 @@ def cmd_data_make(args) -> int:
 def cmd_train(args) -> int:
     from ..training import make_config, train
 
-    cfg = make_config(args.method, args.config, options=_parse_options(args.option), data=args.data,
+    options = _parse_options(args.option)
+    check_method_options(args.method, options)
+    cfg = make_config(args.method, args.config, options=options, data=args.data,
                       epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
                       device=args.device, seed=args.seed, sizes=args.sizes, tasks=args.tasks,
                       num_workers=args.workers)
     t0 = time.perf_counter()
-    result = train(cfg, args.out, progress=not args.no_progress)
+    result = train(cfg, args.out, progress=not args.no_progress, allow_config_change=args.allow_config_change)
     ips = result.images_per_second
     speed = f"{ips:.2f}" if ips < 10 else f"{ips:.0f}"  # a 256-px model on a CPU trains at well under 1 img/s
     print(f"trained {cfg.method} on {result.data.name} ({', '.join(result.data.task_names)}) for "
@@ -180,19 +283,42 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from ..data import load_data
     from ..evaluation import evaluate_model
+    from ..evaluation.evaluate import METRIC_KEYS
     from ..training import TrainConfig, load_model
+    from ..training.checkpoint import checkpoint_problems
     from ..utils import atomic_write_json, get_device
 
     device = get_device(args.device)
-    model, state = load_model(args.run, device)
+    model, state = load_model(args.run, device, expect_method=args.method)  # weights_only=True
+    problems = checkpoint_problems(model, state)
+    allowed = {"incomplete": args.allow_incomplete, "nonfinite": args.allow_nonfinite}
+    flags = {"incomplete": "--allow-incomplete", "nonfinite": "--allow-nonfinite"}
+    for kind, why in problems.items():
+        if not allowed[kind]:
+            raise CliError(f"{args.run}: {why}; refusing to evaluate it (pass {flags[kind]} to evaluate it anyway, "
+                           f"marked in the JSON)")
+    for why in problems.values():
+        print(f"medad-edu evaluate: warning: {args.run}: {why}", file=sys.stderr)
     cfg = TrainConfig.from_dict(state["config"])
     data = load_data(args.data or cfg.data, image_size=model.image_size, sizes=cfg.sizes,
                      tasks=args.tasks or cfg.tasks, seed=0)
-    report = evaluate_model(model, data, args.split, device, batch_size=cfg.batch_size,
-                            thresholds=state.get("thresholds"))
+    failed = None
+    try:
+        report = evaluate_model(model, data, args.split, device, batch_size=cfg.batch_size,
+                                thresholds=state.get("thresholds"))
+    except FloatingPointError as err:  # e.g. NaN weights giving NaN scores: no metrics, but say so in the JSON
+        if "nonfinite" not in problems:
+            raise
+        failed = err
+        report = {"method": model.name, "split": args.split, "tasks": {},
+                  "mean": {k: None for k in METRIC_KEYS}, "error": _one_line(err)}
     report["run"] = str(args.run)
     report["data"] = data.name
+    report["checkpoint"] = {"complete": bool(state.get("complete")), "epoch": int(state.get("epoch", 0)),
+                            "problems": problems}
     atomic_write_json(args.json, report)
+    if failed is not None:
+        raise CliError(f"{args.run}: {_one_line(failed)}; no metrics (wrote {args.json} with the problem marked)")
     _print_table(report)
     print(f"wrote {args.json}")
     return 0
@@ -235,11 +361,29 @@ def main(argv: list[str] | None = None) -> int:
         print("medad-edu: interrupted; the last finished epoch is saved and the same command resumes it",
               file=sys.stderr)
         return 130
-    except (CliError, ValueError, FileNotFoundError, KeyError, RuntimeError, FloatingPointError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - every failure is one line unless --debug
         if args.debug:
             raise
-        print(f"medad-edu {args.command}: error: {err}", file=sys.stderr)
+        print(f"medad-edu {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+_EXPECTED = (CliError, ValueError, FileNotFoundError, KeyError, RuntimeError, FloatingPointError, OSError)
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line: an OSError as 'path: reason', a KeyError without quotes, an
+    unexpected exception with its type (``--debug`` shows the traceback)."""
+    if isinstance(err, OSError) and err.strerror:
+        text = f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    elif isinstance(err, KeyError) and len(err.args) == 1:
+        text = str(err.args[0])
+    else:
+        text = str(err)
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(err).__name__
+    if not isinstance(err, _EXPECTED):
+        text = f"{type(err).__name__}: {text} (run with --debug for the traceback)"
+    return text
 
 
 if __name__ == "__main__":  # pragma: no cover

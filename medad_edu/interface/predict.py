@@ -16,10 +16,12 @@ palette, TIFF, DICOM; any size):
    split has both classes, else the 99th percentile of normal scores); ``--threshold`` overrides it.
 
 Outputs in ``--out``: ``scores.csv`` (``file, task, score, threshold, decision, original_size``), ``skipped.csv``
-(``file, reason``) when something was skipped, and per image ``<name>_map.png`` (the anomaly map in the
-*inferno* colour map) and ``<name>_overlay.png`` (the map over the image), at the image's own size (longest side
-capped by ``--max-side``). All maps of one call share one colour scale (``--map-max``, default the 99.5th
-percentile over the call's maps), so brighter means more anomalous *across* the images of the call.
+(``file, reason``) when something was skipped, and per image ``<name>_map.png``, the anomaly map in the
+*inferno* colour map at the image's own size (longest side capped by ``--max-side``), and ``<name>_overlay.png``,
+a figure to read at a glance: the map over the image (the same size, small images enlarged to at least
+``--overlay-min-side`` pixels), the file name, score, threshold and decision above it, and the colour bar
+beside it. All maps of one call share one colour scale (``--map-max``, default the 99.5th percentile over the
+call's maps), so brighter means more anomalous *across* the images of the call.
 
 Task choice: a run trained on one task needs neither option. ``--task NAME`` names one of the run's tasks.
 ``--prompt TEXT`` is for prompt-driven models (All-in-One) only: the text is matched to the run's stored task
@@ -148,9 +150,10 @@ def _png(arr_uint8: np.ndarray) -> bytes:
 def predict_images(run: str | Path, images: str | Path, task: str | None = None, prompt: str | None = None,
                    threshold: float | None = None, out_dir: str | Path | None = None, device: str = "auto",
                    batch_size: int = 32, recursive: bool = False, map_max: float | None = None,
-                   max_side: int = 1024, log: Callable[[str], None] | None = None) -> PredictReport:
+                   max_side: int = 1024, log: Callable[[str], None] | None = None,
+                   overlay_min_side: int = 256) -> PredictReport:
     """Score ``images`` (a file or a folder) with the run ``run``; write outputs to ``out_dir`` if given."""
-    from ..interface.plots import overlay_rgb
+    from ..interface.plots import overlay_figure
     from ..training import load_model
 
     log = log or (lambda m: print(m, file=sys.stderr))
@@ -219,7 +222,15 @@ def predict_images(run: str | Path, images: str | Path, task: str | None = None,
         heat = matplotlib.colormaps["inferno"](np.clip(amap / top, 0, 1))[..., :3]
         atomic_write_bytes(Path(out_dir) / f"{stem}_map.png", _png((heat * 255).astype(np.uint8)))
         base = np.clip(_resize_float(originals[i], hw), 0, 1)
-        atomic_write_bytes(Path(out_dir) / f"{stem}_overlay.png", _png(overlay_rgb(base, amap, vmax=top)))
+        row = report.rows[-1]
+        shown = row["file"] if len(row["file"]) <= 40 else "..." + row["file"][-37:]
+        title = (f"{shown}: {row['decision']} ({task_name})\n"
+                 f"score {row['score']:.4g} {'>=' if row['decision'] == 'abnormal' else '<'} threshold {thr:.4g}")
+        fig, _ = overlay_figure(base, amap, title=title, vmax=top, min_side=min(overlay_min_side, max_side),
+                                colorbar_label="anomaly map (one scale per call)")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=fig.dpi)
+        atomic_write_bytes(Path(out_dir) / f"{stem}_overlay.png", buf.getvalue())
     if out_dir is not None:
         _write_csvs(Path(out_dir), report)
     return report
@@ -258,16 +269,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--map-max", type=float, default=None,
                         help="top of the maps' colour scale (default: 99.5th percentile over this call's maps)")
     parser.add_argument("--max-side", type=int, default=1024, help="longest side of the written PNGs (default 1024)")
+    parser.add_argument("--overlay-min-side", type=int, default=256,
+                        help="small images are enlarged in the overlay figures to this longest side (default 256)")
 
 
 def run(args: argparse.Namespace) -> int:
     """``medad-edu predict``: 0 if at least one image was scored, 1 if none could be."""
-    if args.batch_size < 1 or args.max_side < 8:
-        raise ValueError(f"--batch-size must be >= 1 and --max-side >= 8; got {args.batch_size}, {args.max_side}")
+    if args.batch_size < 1 or args.max_side < 8 or args.overlay_min_side < 8:
+        raise ValueError(f"--batch-size must be >= 1, --max-side and --overlay-min-side >= 8; got "
+                         f"{args.batch_size}, {args.max_side}, {args.overlay_min_side}")
     args.out.mkdir(parents=True, exist_ok=True)
     report = predict_images(args.run, args.images, task=args.task, prompt=args.prompt, threshold=args.threshold,
                             out_dir=args.out, device=args.device, batch_size=args.batch_size,
-                            recursive=args.recursive, map_max=args.map_max, max_side=args.max_side)
+                            recursive=args.recursive, map_max=args.map_max, max_side=args.max_side,
+                            overlay_min_side=args.overlay_min_side)
     if not report.rows:
         if report.skipped:
             _write_csvs(args.out, report)

@@ -10,6 +10,8 @@ METHODS: dict[str, str] = {
     "ae": "medad_edu.models.ae:AutoEncoder",
     "allinone": "medad_edu.models.allinone:AllInOne",
     "mtl": "medad_edu.models.mtl:MultiTaskLearner",
+    "aeu": "medad_edu.models.baselines.aeu:AEU",
+    "dae": "medad_edu.models.baselines.dae:DenoisingAE",
     "memae": "medad_edu.models.baselines.memae:MemAE",
     "nsa": "medad_edu.models.baselines.nsa:NSA",
     "dsvdd": "medad_edu.models.baselines.deep_svdd:DeepSVDD",

@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from ..utils import atomic_torch_save, get_device
+from ..utils import atomic_torch_save, get_device, to_plain
 from .policy import ReasoningPolicy, policy_from_config, sequence_mask
 from .vqa import VQASet
 
@@ -99,14 +99,27 @@ def train_sft(policy: ReasoningPolicy, train_set: VQASet, config: SFTConfig = SF
 
 def save_policy(policy: ReasoningPolicy, path: str | Path, **extra) -> None:
     """Atomic checkpoint: the constructor config, the weights and anything in ``extra`` (history, config)."""
-    atomic_torch_save({"config": policy.config, "state_dict": policy.state_dict(), **extra}, path)
+    state = {"config": to_plain(policy.config), "state_dict": policy.state_dict(), **to_plain(extra)}
+    atomic_torch_save(state, path)  # plain data only: load_policy reads it with weights_only=True
 
 
 def load_policy(path: str | Path, device: torch.device | str = "cpu") -> tuple[ReasoningPolicy, dict]:
-    """Rebuild a policy saved by ``save_policy``; returns (policy in eval mode, the extra entries)."""
-    state = torch.load(path, map_location=device, weights_only=False)
-    policy = policy_from_config(state.pop("config"))
-    policy.load_state_dict(state.pop("state_dict"))
+    """Rebuild a policy saved by ``save_policy``; returns (policy in eval mode, the extra entries).
+
+    The file is read with ``weights_only=True`` (tensors and plain data only, never code); anything else gives
+    a one-line ``CheckpointError`` naming the file.
+    """
+    from ..training.checkpoint import CheckpointError, load_plain
+
+    path = Path(path)
+    state = load_plain(path)
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "state_dict" not in state:
+        raise CheckpointError(f"{path}: not a reasoning-policy checkpoint (expected 'config' and 'state_dict')")
+    try:
+        policy = policy_from_config(state.pop("config"))
+        policy.load_state_dict(state.pop("state_dict"))
+    except (TypeError, ValueError, RuntimeError, KeyError) as err:
+        raise CheckpointError(f"{path}: the stored policy cannot be rebuilt ({str(err).splitlines()[0]})") from err
     return policy.to(device).eval(), state
 
 

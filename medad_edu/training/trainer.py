@@ -5,10 +5,17 @@ interrupted run continues from the last finished epoch with the same shuffling a
 non-finite loss stops the run with a message naming the epoch, step and loss term while the last good
 checkpoint stays on disk; thresholds are chosen on validation data at the end and stored in the checkpoint;
 timings (images per second, the share of time spent waiting for batches, peak memory) go into the history.
+A run folder is what it says: it is locked while a ``train`` runs in it, and a resume with other settings than
+its config.json is refused unless asked for (``allow_config_change=True``, ``--allow-config-change``).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
+import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -21,7 +28,7 @@ from ..data import MultiTaskData, load_data
 from ..data.batches import iterate_batches, split_tensors
 from ..models.base import AnomalyModel
 from ..models.registry import get_method
-from ..utils import atomic_write_json, get_device, seed_everything
+from ..utils import atomic_write_json, get_device, seed_everything, to_plain
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, build_model, read_checkpoint, save_checkpoint
 from .config import TrainConfig
 
@@ -64,13 +71,164 @@ def _progress(iterable, enabled: bool, desc: str, total: int):
     return tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr)
 
 
+LOCK_NAME = ".lock"
+# Settings a resumed run must share with the stored config.json (``epochs`` may only grow); the device and the
+# number of decoding threads may change freely, they do not change what is trained. ``sizes`` and ``tasks`` only
+# count when ``train`` loads the data itself (``data=None``): given data, they do not decide what is trained.
+RESUME_SETTINGS = ("method", "data", "image_size", "sizes", "tasks", "seed", "lr", "weight_decay", "batch_size",
+                   "grad_clip", "amp", "options", "epochs")
+DATA_LOADING_SETTINGS = ("sizes", "tasks")
+
+
+class RunInUseError(RuntimeError):
+    """Another ``train`` holds the run folder's lock."""
+
+
+def _data_key(spec: str | None) -> str | None:
+    """``--data`` as stored in config.json: a folder as its absolute path; ``embedded...`` names as they are."""
+    if spec is None:
+        return None
+    text = str(spec)
+    if text.startswith("embedded"):
+        return text
+    path = Path(text).expanduser()
+    return str(path.resolve()) if path.is_dir() else text
+
+
+def _lock_run(run_dir: Path):
+    """Take ``RUN/.lock`` (an exclusive ``flock``, released on exit, even on kill -9); fail at once if held."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no locking
+        return None
+    path = run_dir / LOCK_NAME
+    try:
+        fh = open(path, "a+")
+    except OSError as err:
+        raise type(err)(err.errno, f"cannot write {path}: {err.strerror or err}") from err
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip()
+        fh.close()
+        who = f" (process {holder})" if holder.isdigit() else ""
+        raise RunInUseError(f"{run_dir} is in use by another `train`{who}: wait for it to finish or choose "
+                            f"another --out folder") from None
+    except OSError:  # a file system without locks (some network mounts): train unlocked
+        fh.close()
+        return None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def _unlock_run(fh) -> None:
+    if fh is None:
+        return
+    import fcntl
+
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    finally:
+        fh.close()
+
+
+def _stored_config(run_dir: Path, state: dict) -> tuple[dict, Path | str]:
+    """The run's config.json (what the run says it is), else the configuration inside its checkpoint."""
+    path = run_dir / "config.json"
+    try:
+        stored = json.loads(path.read_text())
+        if isinstance(stored, dict) and "method" in stored:
+            return stored, path
+    except (OSError, ValueError):
+        pass
+    return dict(state.get("config") or {}), run_dir / CHECKPOINT_NAME
+
+
+def config_differences(stored: dict, cfg: TrainConfig, data_given: bool = False) -> list[str]:
+    """The settings in which ``cfg`` differs from a stored run configuration, one ``"key: old -> new"`` each
+    (``epochs`` may grow; options are compared one by one; with ``data_given``, ``sizes`` and ``tasks`` are not
+    compared)."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    old = TrainConfig(**{k: v for k, v in stored.items() if k in known and k != "method"},
+                      method=stored.get("method", "?")).to_dict()
+    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(cfg.to_dict()))  # tuples vs lists
+    old["data"], new["data"] = _data_key(old["data"]), _data_key(new["data"])
+    diffs = []
+    for key in RESUME_SETTINGS:
+        a, b = old.get(key), new.get(key)
+        if data_given and key in DATA_LOADING_SETTINGS:
+            continue
+        if key == "epochs":
+            if isinstance(a, int) and isinstance(b, int) and b < a:
+                diffs.append(f"epochs: {a} -> {b} (epochs may only grow)")
+        elif key == "options" and isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"options.{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
+                      for k in sorted(set(a) | set(b)) if a.get(k, "(unset)") != b.get(k, "(unset)")]
+        elif a != b:
+            diffs.append(f"{key}: {a!r} -> {b!r}")
+    return diffs
+
+
+def _existing_run(run_dir: Path, cfg: TrainConfig, resume: bool, allow_config_change: bool,
+                  log: Callable[[str], None], data_given: bool) -> tuple[dict | None, list[str]]:
+    """The checkpoint of the run in ``run_dir`` (``None`` if there is none) and the allowed setting changes."""
+    if not (run_dir / CHECKPOINT_NAME).exists():
+        return None, []
+    if not resume:
+        raise CheckpointError(f"{run_dir} already holds a checkpoint; choose a new --out or allow resuming")
+    state = read_checkpoint(run_dir)
+    if state["method"] != cfg.method:
+        raise CheckpointError(f"{run_dir} holds a checkpoint of a different run (method {state['method']!r}, "
+                              f"not {cfg.method!r}); choose a new --out folder")
+    stored, where = _stored_config(run_dir, state)
+    diffs = config_differences(stored, cfg, data_given)
+    if diffs and not allow_config_change:
+        raise CheckpointError(f"{run_dir} holds a different run: the settings differ from {where} "
+                              f"({'; '.join(diffs)}); choose a new --out folder, or pass --allow-config-change "
+                              f"(train(..., allow_config_change=True)) to continue this run with the new settings")
+    if diffs:
+        log(f"{run_dir}: continuing with changed settings ({'; '.join(diffs)})")
+    return state, diffs
+
+
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, data: MultiTaskData | None = None,
-          progress: bool = True, resume: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
+          progress: bool = True, resume: bool = True, log: Callable[[str], None] | None = None,
+          allow_config_change: bool = False) -> TrainResult:
     """Train ``cfg.method`` on ``data`` (default: ``load_data(cfg.data)``), checkpointing into ``run_dir``.
 
-    ``run_dir=None`` trains without writing anything (handy in notebooks and tests).
+    ``run_dir=None`` trains without writing anything (handy in notebooks and tests). With a ``run_dir``:
+
+    - the folder is locked (``RUN/.lock``) while training; a second ``train`` on it fails at once;
+    - a finished run with the same settings is loaded, an unfinished one resumed; a run whose stored
+      ``config.json`` differs (seed, lr, batch size, data, image size, options, method, fewer epochs...; see
+      ``RESUME_SETTINGS``) is
+      refused with the list of differences unless ``allow_config_change=True`` (the method and the model's
+      constructor arguments can never change: the weights would not fit);
+    - the folder is created only once the data has loaded (every training and validation image decoded);
+    - a ``--data`` folder is stored in config.json as its absolute path.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    if cfg.data is not None and _data_key(cfg.data) != cfg.data:
+        cfg = dataclasses.replace(cfg, data=_data_key(cfg.data))
+    run_dir = Path(run_dir) if run_dir is not None else None
+    with contextlib.ExitStack() as held:
+        state, changes = None, []
+        if run_dir is not None and run_dir.exists():  # an existing run: lock and check it before loading data
+            if not run_dir.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"cannot use {run_dir} as a run folder: it is a file")
+            held.callback(_unlock_run, _lock_run(run_dir))
+            state, changes = _existing_run(run_dir, cfg, resume, allow_config_change, log, data is not None)
+        return _train(cfg, run_dir, data, progress, log, held, state, changes, resume, allow_config_change)
+
+
+def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, progress: bool,
+           log: Callable[[str], None], held: contextlib.ExitStack, state: dict | None, changes: list[str],
+           resume: bool, allow_config_change: bool) -> TrainResult:
+    data_given = data is not None
     seed_everything(cfg.seed)
     device = get_device(cfg.device)
     if data is None:
@@ -79,24 +237,33 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, data: MultiTaskDa
     if data.image_size != cfg.image_size:
         raise ValueError(f"data is {data.image_size} px but the configuration asks for {cfg.image_size} px")
     cls = get_method(cfg.method)
-    run_dir = Path(run_dir) if run_dir is not None else None
+    # Decode every training and validation image now (cached on ``data``; no random numbers are drawn), so that
+    # a broken file stops the run before a run folder is made.
+    tensors = split_tensors(data, "train", num_workers=cfg.num_workers)
+    if any(t.valid is not None and len(t.valid) for t in data.tasks):
+        split_tensors(data, "valid", num_workers=cfg.num_workers)
+    if run_dir is not None and not run_dir.is_dir():
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise type(err)(err.errno, f"cannot create the run folder {run_dir}: {err.strerror or err}") from err
+        held.callback(_unlock_run, _lock_run(run_dir))
+        state, changes = _existing_run(run_dir, cfg, resume, allow_config_change, log,  # another process's?
+                                       data_given)
 
     model = cls(cfg.image_size, data.task_names, data.prompts, **cfg.options).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
                  if cls.uses_gradients and params else None)
     start_epoch, history = 0, []
+    config_changes: list = []
 
     if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_path = run_dir / CHECKPOINT_NAME
-        if ckpt_path.exists():
-            if not resume:
-                raise CheckpointError(f"{run_dir} already holds a checkpoint; choose a new --out or allow resuming")
-            state = read_checkpoint(run_dir)
-            if state["method"] != cfg.method or state["init_args"] != model.init_args():
-                raise CheckpointError(f"{run_dir} holds a checkpoint of a different run "
-                                      f"(method {state['method']!r}); choose a new --out folder")
+        if state is not None:
+            if to_plain(state["init_args"]) != to_plain(model.init_args()):
+                raise CheckpointError(f"{run_dir} holds a checkpoint of a different run (method {state['method']!r}, "
+                                      f"other model arguments); choose a new --out folder")
+            config_changes = list(state["extra"].get("config_changes", []))
             if state["complete"] and (state["epoch"] >= cfg.epochs or not cls.uses_gradients):
                 log(f"{run_dir}: already trained ({state['epoch']} epochs); loading it")
                 model.load_state_dict(state["model_state"])
@@ -108,18 +275,22 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, data: MultiTaskDa
             start_epoch, history = state["epoch"], list(state["history"])
             if "torch_rng" in state["extra"]:
                 torch.set_rng_state(state["extra"]["torch_rng"])
+            if changes:
+                config_changes.append({"after_epoch": start_epoch, "changes": changes})
             log(f"{run_dir}: resuming after epoch {start_epoch} of {cfg.epochs}")
         atomic_write_json(run_dir / "config.json", cfg.to_dict())
 
     model.on_train_start(data, device)
-    tensors = split_tensors(data, "train", num_workers=cfg.num_workers)
     use_amp = bool(cfg.amp) and device.type == "cuda"
     epochs = range(start_epoch, cfg.epochs) if cls.uses_gradients else range(start_epoch, min(1, cfg.epochs))
 
     def checkpoint(epoch: int, complete: bool, thresholds=None):
         if run_dir is not None:
+            extra = {"torch_rng": torch.get_rng_state()}
+            if config_changes:
+                extra["config_changes"] = config_changes
             save_checkpoint(run_dir, model, optimizer, epoch, cfg.to_dict(), history, complete, thresholds,
-                            extra={"torch_rng": torch.get_rng_state()})
+                            extra=extra)
 
     for epoch in _progress(epochs, progress, f"{cfg.method}", total=len(epochs)):
         model.train()
@@ -177,7 +348,8 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, data: MultiTaskDa
     from ..evaluation.thresholds import choose_thresholds
 
     thresholds = choose_thresholds(model, data, device, batch_size=cfg.batch_size)
-    checkpoint(len(history) if not cls.uses_gradients else cfg.epochs, complete=True, thresholds=thresholds)
+    checkpoint(len(history) if not cls.uses_gradients else max(cfg.epochs, len(history)), complete=True,
+               thresholds=thresholds)
     if run_dir is not None:
         atomic_write_json(run_dir / "history.json", history)
     return TrainResult(model, run_dir, history, thresholds, data)
@@ -189,4 +361,5 @@ def load_or_train(cfg: TrainConfig, run_dir: str | Path, data: MultiTaskData | N
     return train(cfg, run_dir, data=data, progress=progress, resume=True, log=lambda m: None)
 
 
-__all__ = ["TrainResult", "build_model", "load_or_train", "train"]
+__all__ = ["RESUME_SETTINGS", "RunInUseError", "TrainResult", "build_model", "config_differences", "load_or_train",
+           "train"]

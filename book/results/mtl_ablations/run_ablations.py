@@ -86,7 +86,9 @@ def main() -> None:
         path = os.path.join(args.out, f"{name}.json")
         if (only and name not in only) or os.path.exists(path):
             continue
-        cfg = make_config("mtl", "quick", options=dict(opts), epochs=epochs, seed=seed)
+        # these ablations are of the first ("classic") design, which the quick configuration no longer selects
+        from medad_edu.models.mtl import MultiTaskLearner
+        cfg = make_config("mtl", "quick", options={**MultiTaskLearner.CLASSIC, **dict(opts)}, epochs=epochs, seed=seed)
         c0, w0 = time.process_time(), time.perf_counter()
         res = train(cfg, run_dir=os.path.join(args.out, "runs", name), data=data, progress=False, log=lambda m: None)
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0

@@ -17,6 +17,11 @@ squared error; ``error_scale`` (gamma, default 1 = the paper) measures errors in
 e = 1/gamma instead (as if the images had been standardised), which lets u do its job. Derived and shown in
 notebooks/13_allinone_hallucination.ipynb.
 
+The log-variance form (``hallucination_form="logvar"``, this package's default): the expert's second channel is a
+log-variance ``s`` bounded to (-10, 4), the loss is ``mean(e exp(-s) + s)`` and the map ``e exp(-s)``; the optimum
+``s = ln e`` holds for any intensity range (:func:`logvar_loss`). The paper's form stays as
+``hallucination_form="published"``, an ablation row.
+
 Eq. 6: L = alpha L_rn + beta L_re (the paper gives no values for alpha and beta; we default to 1 and 1).
 
 Anomaly map (Sec. 3.5): the first term of Eq. 5, A = gamma (x - x_hat)^2 exp(-u^2); the image score is its mean.
@@ -56,6 +61,21 @@ def anomaly_map(x: torch.Tensor, x_hat: torch.Tensor, u: torch.Tensor | None = N
 def hallucination_loss(x: torch.Tensor, x_hat: torch.Tensor, u: torch.Tensor, error_scale: float = 1.0) -> torch.Tensor:
     """Eq. 5: mean over images and pixels of ``e exp(-u^2) + u^2`` with ``e = error_scale (x - x_hat)^2``."""
     return (anomaly_map(x, x_hat, u, error_scale) + u ** 2).mean()
+
+
+def logvar_anomaly_map(x: torch.Tensor, x_hat: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The log-variance form's map: ``(x - x_hat)^2 exp(-s)``, the error in units of the variance it expects."""
+    return squared_error(x, x_hat) * torch.exp(-s)
+
+
+def logvar_loss(x: torch.Tensor, x_hat: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Eq. 5 with ``u^2`` replaced by a free log-variance ``s``: ``mean(e exp(-s) + s)``.
+
+    For a pixel with squared error ``e`` the minimiser is ``s = ln e`` for *every* ``e > 0`` (not only ``e > 1``),
+    so the term is active on images in [0, 1]: a pixel that is always hard to reconstruct (an edge) learns a large
+    ``s`` and its error is discounted; a lesion, never seen in training, keeps the small ``s`` of its place.
+    This is AE-U's loss (Mao et al., MICCAI 2020) inside All-in-One's mixture of experts."""
+    return (logvar_anomaly_map(x, x_hat, s) + s).mean()
 
 
 def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:

@@ -43,11 +43,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import AnomalyModel, AnomalyResult
+from ..baselines.aeu import bounded_logvar
 from ..components import ConvEncoder
+from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, check_pooling, pool_map
 from . import loss as L
 from .experts import BatchedExperts
 from .prompt_encoder import DEFAULT_MODEL, PromptEncoder, embed_dim_of
 from .router import Router
+
+
+HALLUCINATION_FORMS = ("logvar", "published")
 
 
 class AllInOne(AnomalyModel):
@@ -57,21 +62,27 @@ class AllInOne(AnomalyModel):
     # The paper's settings (Sec. 4.3, Tables 2-3): 256 px, 250 epochs, batch 64, Adam 5e-4, K = N = 5.
     PAPER = {"image_size": 256, "epochs": 250, "batch_size": 64, "lr": 5e-4,
              "num_experts": 5, "top_k": 5, "latent": 16, "hidden": 2048}
-    # CPU: 64 px, the embedded "quick" sizes (5 tasks x 200 normal training images), 12 epochs: `medad-edu train
-    # --method allinone` took 4.9 min on a busy shared 2-core machine (2 min of CPU time, ~50 training images/s).
-    QUICK = {"image_size": 64, "epochs": 12, "batch_size": 32, "lr": 1e-3,
+    # CPU: 64 px, the embedded "quick" sizes (5 tasks x 200 normal training images), 60 epochs: the same budget as
+    # AE-U (both are 16-d bottleneck autoencoders with a log-variance output); 12 epochs left it under-trained.
+    QUICK = {"image_size": 64, "epochs": 60, "batch_size": 32, "lr": 1e-3,
              "num_experts": 5, "top_k": 5, "latent": 16, "hidden": 2048}
 
     def __init__(self, image_size: int, task_names: list[str], prompts: list[str] | None = None,
                  num_experts: int = 5, top_k: int | None = None, latent: int = 16, hidden: int = 2048,
                  prompt_dim: int = 16, use_prompts: bool = True, hallucination: bool = True,
                  alpha: float = 1.0, beta: float = 1.0, renormalize: bool = True, error_scale: float = 1.0,
-                 clip_model: str = DEFAULT_MODEL, clip_weights: str = "auto", clip_seed: int = 0):
+                 clip_model: str = DEFAULT_MODEL, clip_weights: str = "auto", clip_seed: int = 0,
+                 hallucination_form: str = "logvar", score_sigma: float = DEFAULT_SIGMA,
+                 score_top: float = DEFAULT_TOP):
         top_k = num_experts if top_k is None else int(top_k)
+        if hallucination_form not in HALLUCINATION_FORMS:
+            raise ValueError(f"hallucination_form must be one of {HALLUCINATION_FORMS}; got {hallucination_form!r}")
+        check_pooling(score_sigma, score_top)
         super().__init__(image_size, task_names, prompts, num_experts=num_experts, top_k=top_k, latent=latent,
                          hidden=hidden, prompt_dim=prompt_dim, use_prompts=use_prompts, hallucination=hallucination,
                          alpha=alpha, beta=beta, renormalize=renormalize, error_scale=error_scale,
-                         clip_model=clip_model, clip_weights=clip_weights, clip_seed=clip_seed)
+                         clip_model=clip_model, clip_weights=clip_weights, clip_seed=clip_seed,
+                         hallucination_form=hallucination_form, score_sigma=score_sigma, score_top=score_top)
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1; got {num_experts}")
         if not 1 <= top_k <= num_experts:
@@ -85,6 +96,8 @@ class AllInOne(AnomalyModel):
         self.num_experts, self.top_k = int(num_experts), top_k
         self.use_prompts, self.hallucination = bool(use_prompts), bool(hallucination)
         self.alpha, self.beta, self.error_scale = float(alpha), float(beta), float(error_scale)
+        self.hallucination_form = hallucination_form
+        self.score_sigma, self.score_top = float(score_sigma), float(score_top)
 
         self.encoder = ConvEncoder(image_size, hidden=hidden, latent=latent)  # f: x -> v (16-d)
         router_in = latent
@@ -197,7 +210,14 @@ class AllInOne(AnomalyModel):
         mu = torch.sigmoid(out[:, :, 0])
         x_hat = torch.einsum("bn,bnhw->bhw", weights, mu).unsqueeze(1)
         u = torch.einsum("bn,bnhw->bhw", weights, out[:, :, 1]).unsqueeze(1) if self.hallucination else None
+        if u is not None and self.hallucination_form == "logvar":
+            u = bounded_logvar(u)  # u is the log-variance s
         return x_hat, u
+
+    def _map(self, x: torch.Tensor, x_hat: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+        if u is not None and self.hallucination_form == "logvar":
+            return L.logvar_anomaly_map(x, x_hat, u)
+        return L.anomaly_map(x, x_hat, u, self.error_scale)
 
     def _run(self, images, task_ids, top_k=None, clip_features=None):
         if task_ids is None:
@@ -213,8 +233,12 @@ class AllInOne(AnomalyModel):
         x, task_ids = batch["image"], batch["task_id"]
         _, _, _, logits, x_hat, u, _ = self._run(x, task_ids)
         l_rn = L.routing_loss(logits, task_ids)
-        l_re = (L.hallucination_loss(x, x_hat, u, self.error_scale) if self.hallucination
-                else L.reconstruction_loss(x, x_hat))
+        if not self.hallucination:
+            l_re = L.reconstruction_loss(x, x_hat)
+        elif self.hallucination_form == "logvar":
+            l_re = L.logvar_loss(x, x_hat, u)
+        else:
+            l_re = L.hallucination_loss(x, x_hat, u, self.error_scale)
         out = {"loss": L.total_loss(l_rn, l_re, self.alpha, self.beta), "routing": l_rn.detach(),
                "reconstruction": l_re.detach(), "mse": F.mse_loss(x_hat, x).detach()}
         if u is not None:
@@ -227,11 +251,11 @@ class AllInOne(AnomalyModel):
         self.check_input(images, task_ids)
         v, weights, probs, _, x_hat, u, _ = self._run(images, task_ids, top_k, clip_features)
         err = L.squared_error(images, x_hat)
-        amap = L.anomaly_map(images, x_hat, u, self.error_scale)
+        amap = self._map(images, x_hat, u)
         extras = {"reconstruction": x_hat, "error": err, "routing": weights, "router_probs": probs, "features": v,
-                  "map_no_hq": err, "score_no_hq": err.flatten(1).mean(1)}
+                  "map_no_hq": err, "score_no_hq": pool_map(err, self.score_sigma, self.score_top)}
         extras["hallucination"] = u if u is not None else torch.zeros_like(x_hat)
-        return AnomalyResult(amap, amap.flatten(1).mean(1), extras)
+        return AnomalyResult(amap, pool_map(amap, self.score_sigma, self.score_top), extras)
 
     # --- training hooks -------------------------------------------------------------------------------------
     def on_train_start(self, data, device: torch.device) -> None:

@@ -9,6 +9,14 @@ interpretable anomaly maps. Only the abstract is public, so the tasks (``proxy_t
 (Barbalau et al., CVIU 2023) and Georgescu (arXiv 2307.07534). The book builds it in
 notebooks/20_mtl_proxy_tasks.ipynb, 21_mtl_moe.ipynb, 22_mtl_scoring.ipynb and 23_mtl_ablations.ipynb.
 
+Two designs (``design``). ``"unet"``, the quick and paper default (``unet_model.py``, notebooks/24_mtl_unet.ipynb):
+a full-resolution U-Net whose bottleneck is a Mixture-of-Experts gated by (proxy task, organ), trained on the two
+pixel-level proxy tasks that detect lesions on the validation splits (coarse-noise removal and pseudo-lesion
+segmentation); its task weights come from the validation split's abnormal images (``weight_source="validation"``;
+pseudo-anomalies for an organ without any). ``"classic"`` (``MultiTaskLearner.CLASSIC``; ``torch_model.py``,
+chapters 20-23): the first design, six proxy tasks on a light half-resolution trunk, weights from pseudo-anomalies;
+kept as the ablation row, since on the embedded data its global tasks fail at random and its pixel heads under-fit.
+
 Training: ``training_loss`` = sum of the weighted task losses + ``balance_weight`` x load-balancing term (each
 task's loss is reported too). After training, ``on_train_end`` runs every task on the validation split's
 normal images (the training images for an organ without them) and fits, per organ and per task, the score
@@ -66,17 +74,30 @@ from ..baselines.nsa import synthesize_anomalies
 from .fusion import ScoreNormalizer, check_fusion
 from .proxy_tasks import DEFAULT_TASKS
 from .torch_model import MTLNetwork
+from .unet_model import UNET_TASKS, UNetMTLNetwork
+
+DESIGNS = ("unet", "classic")
+# Where the ``weighted`` fusion's per-organ task weights come from: pseudo-anomalies made from validation normals
+# (label-free), or the validation split's own abnormal images where an organ has them (pseudo-anomalies for an
+# organ without any). Never the test split.
+WEIGHT_SOURCES = ("pseudo", "validation")
 
 
 class MultiTaskLearner(AnomalyModel):
     name = "mtl"
     # CPU, 64 px: one universal model over the five embedded tasks in a few minutes.
     # Each training image is used by all six proxy tasks per step, so an epoch costs ~6 AE epochs.
-    QUICK: dict[str, Any] = {"epochs": 12, "batch_size": 32, "lr": 1e-3, "proxy_tasks": list(DEFAULT_TASKS),
-                             "width": 16, "num_experts": 4, "top_k": 2, "moe_layers": 2, "fusion": "weighted"}
-    # GPU, 256 px: the All-in-One paper's schedule (250 epochs, batch 64, Adam 5e-4), a wider trunk.
-    PAPER: dict[str, Any] = {"epochs": 250, "batch_size": 64, "lr": 5e-4, "proxy_tasks": list(DEFAULT_TASKS),
-                             "width": 32, "num_experts": 4, "top_k": 2, "moe_layers": 2, "fusion": "weighted"}
+    QUICK: dict[str, Any] = {"epochs": 20, "batch_size": 32, "lr": 1e-3, "design": "unet",
+                             "proxy_tasks": list(UNET_TASKS), "width": 16, "depth": 3, "num_experts": 4, "top_k": 2,
+                             "moe_layers": 1, "fusion": "weighted", "weight_source": "validation"}
+    # GPU, 256 px: the All-in-One paper's schedule (250 epochs, batch 64, Adam 5e-4), a wider and deeper U-Net.
+    PAPER: dict[str, Any] = {"epochs": 250, "batch_size": 64, "lr": 5e-4, "design": "unet",
+                             "proxy_tasks": list(UNET_TASKS), "width": 32, "depth": 4, "num_experts": 4, "top_k": 2,
+                             "moe_layers": 1, "fusion": "weighted", "weight_source": "validation"}
+    # The first design (six proxy tasks on a light half-resolution trunk, weighted fusion), kept as an ablation.
+    CLASSIC: dict[str, Any] = {"design": "classic", "proxy_tasks": list(DEFAULT_TASKS), "width": 16,
+                               "num_experts": 4, "top_k": 2, "moe_layers": 2, "fusion": "weighted",
+                               "weight_source": "pseudo"}
     PSEUDO_SEED = 2024  # seeds the pseudo-anomalies that fit the fusion weights (deterministic scoring)
     PSEUDO_COPIES = 2  # pseudo-anomalies made from each held-out normal image
 
@@ -85,7 +106,14 @@ class MultiTaskLearner(AnomalyModel):
                  moe_layers: int = 2, width: int = 16, clusters: int = 8, fusion: str = "weighted",
                  balance_weight: float = 0.01, top_fraction: float = 1.0, max_reference: int = 256,
                  uncertainty: bool = False, map_top: float = 0.01, weight_power: float = 2.0,
-                 lesion_weight: float = 1.0):
+                 lesion_weight: float = 1.0, design: str = "classic", depth: int = 3,
+                 score_sigma: float = 2.0, score_top: float = 0.01, weight_source: str = "pseudo"):
+        # design defaults to "classic" here so that checkpoints written before the U-Net design load unchanged;
+        # the quick and paper configurations select "unet".
+        if design not in DESIGNS:
+            raise ValueError(f"design must be one of {DESIGNS}; got {design!r}")
+        if weight_source not in WEIGHT_SOURCES:
+            raise ValueError(f"weight_source must be one of {WEIGHT_SOURCES}; got {weight_source!r}")
         proxy_tasks = list(proxy_tasks)
         check_fusion(fusion)
         if not 0 < top_fraction <= 1:
@@ -104,12 +132,22 @@ class MultiTaskLearner(AnomalyModel):
                          top_k=top_k, moe_layers=moe_layers, width=width, clusters=clusters, fusion=fusion,
                          balance_weight=balance_weight, top_fraction=top_fraction, max_reference=max_reference,
                          uncertainty=uncertainty, map_top=map_top, weight_power=weight_power,
-                         lesion_weight=lesion_weight)
-        self.net = MTLNetwork(image_size, proxy_tasks, width=width, moe=moe, num_experts=num_experts, top_k=top_k,
-                              moe_layers=moe_layers, clusters=clusters, uncertainty=uncertainty)
+                         lesion_weight=lesion_weight, design=design, depth=depth, score_sigma=score_sigma,
+                         score_top=score_top, weight_source=weight_source)
+        self.weight_source = weight_source
+        self.design = design
+        if design == "unet":
+            self.net = UNetMTLNetwork(image_size, proxy_tasks, width=width, depth=depth, moe=moe,
+                                      num_experts=num_experts, top_k=top_k, moe_layers=moe_layers,
+                                      num_organs=len(task_names))
+            for task in self.net.tasks.values():
+                task.score_sigma, task.score_top = float(score_sigma), float(score_top)
+        else:
+            self.net = MTLNetwork(image_size, proxy_tasks, width=width, moe=moe, num_experts=num_experts,
+                                  top_k=top_k, moe_layers=moe_layers, clusters=clusters, uncertainty=uncertainty)
         for task in self.net.tasks.values():
             task.top_fraction = top_fraction
-        if "lesion" in self.net.tasks:  # the sparse-mask BCE (~0.1) is small beside the cross-entropies (~0.5-1)
+        if "lesion" in self.net.tasks and design == "classic":  # the sparse-mask BCE (~0.1) is small beside the cross-entropies (~0.5-1)
             self.net.tasks["lesion"].loss_weight = float(lesion_weight)
         self.fusion = fusion
         self.map_top = map_top
@@ -148,7 +186,8 @@ class MultiTaskLearner(AnomalyModel):
         images, groups = self._reference_images(data)
         scores, means, sqs = [], [], []
         for start in range(0, len(images), batch_size):
-            s, maps, _ = self.net.failures(images[start:start + batch_size].to(device))
+            s, maps, _ = self._failures(images[start:start + batch_size].to(device),
+                                        groups[start:start + batch_size].to(device))
             scores.append(s.float().cpu())
             if maps is not None:
                 means.append(maps.float().mean((2, 3)).cpu())
@@ -156,9 +195,34 @@ class MultiTaskLearner(AnomalyModel):
         clean = torch.cat(scores)
         self.normalizer.fit(clean, groups, torch.cat(means) if means else None, torch.cat(sqs) if sqs else None)
         pseudo, pseudo_groups = self.pseudo_anomalies(images, groups)
-        pscores = [self.net.failures(pseudo[start:start + batch_size].to(device))[0].float().cpu()
+        if self.weight_source == "validation":
+            pseudo, pseudo_groups = self._validation_positives(data, pseudo, pseudo_groups)
+        pscores = [self._failures(pseudo[start:start + batch_size].to(device),
+                                  pseudo_groups[start:start + batch_size].to(device))[0].float().cpu()
                    for start in range(0, len(pseudo), batch_size)]
         self.normalizer.fit_weights(clean, torch.cat(pscores), groups, pseudo_groups, self.weight_power)
+
+    def _failures(self, images: torch.Tensor, groups: torch.Tensor | None):
+        """The network's failures; the U-Net design's gate also reads each image's organ."""
+        return self.net.failures(images, groups) if self.design == "unet" else self.net.failures(images)
+
+    @staticmethod
+    def _validation_positives(data, pseudo: torch.Tensor, pseudo_groups: torch.Tensor):
+        """The validation split's abnormal images of each organ that has at least two; pseudo-anomalies for the
+        other organs. Weights fitted on these tell which proxy task fails on *real* lesions of that organ."""
+        try:
+            valid = split_tensors(data, "valid")
+        except ValueError:
+            return pseudo, pseudo_groups
+        xs, gs = [], []
+        for tid in range(len(data.tasks)):
+            sel = (valid.task_ids == tid) & (valid.labels == 1)
+            if int(sel.sum()) >= 2:
+                xs.append(valid.images[sel]); gs.append(valid.task_ids[sel])
+            else:
+                keep = pseudo_groups == tid
+                xs.append(pseudo[keep]); gs.append(pseudo_groups[keep])
+        return torch.cat(xs).float(), torch.cat(gs)
 
     @torch.no_grad()
     def pseudo_anomalies(self, images: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,7 +256,7 @@ class MultiTaskLearner(AnomalyModel):
     # --- inference ---------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, task_ids: torch.Tensor | None = None) -> AnomalyResult:
         self.check_input(images, task_ids)
-        raw, maps, gates = self.net.failures(images)
+        raw, maps, gates = self._failures(images, task_ids)
         norm = self.normalizer.normalize(raw, task_ids, self.fusion)
         score = self.normalizer.fuse(raw, task_ids, self.fusion) if self.fusion != "map" else norm.mean(1)
         extras = {"task_scores": raw, "task_scores_norm": norm, "gates": gates}

@@ -1,0 +1,206 @@
+"""MTL-MAD's default network: a full-resolution U-Net whose bottleneck is a Mixture-of-Experts layer steered by
+the proxy task, with one 1x1 output head per proxy task.
+
+``x -> U-Net encoder -> MoE layer(s) (gate: proxy task + GAP of the bottleneck) -> U-Net decoder -> task head``.
+
+Why this and not the light S/2 trunk of ``torch_model.MTLNetwork`` (kept as ``design="classic"``): the tasks
+that find lesions answer *per pixel*, and a head that stops at half resolution on a trunk shared with six
+objectives under-fits them (notebooks/23_mtl_ablations.ipynb). Measured on the validation splits of the
+embedded phantoms and the real-anatomy set, the two proxy tasks below detect, the global ones (orientation,
+jigsaw, pseudo-label) do not, so the default learner trains these two (others stay available with
+``design="classic"``):
+
+- ``denoise`` (self-supervised): coarse noise on the body (:func:`medad_edu.models.baselines.dae.coarse_noise`,
+  Kascenas et al. MIDL 2022) is removed; at inference the *clean* image goes in and the failure map is what the
+  network changes, ``|x - f(x)|`` (a lesion looks like noise to be removed);
+- ``lesion`` (pseudo-anomaly segmentation): the synthetic lesions of
+  :class:`medad_edu.models.mtl.proxy_tasks.SyntheticLesion` (intensity changes, same-organ cut-paste, foreign
+  patch interpolation in irregular blobs) are segmented at full resolution; failure map = the predicted
+  lesion probability.
+
+Each task's image score pools its map (:func:`medad_edu.models.scoring.pool_map`). The interface is that of
+``MTLNetwork`` (``losses``, ``failures``, ``tasks``, ``map_task_names``, ``expert_usage``), so the learner's
+normalisation and fusion serve both designs. Explained in notebooks/21_mtl_moe.ipynb.
+
+Example::
+
+    net = UNetMTLNetwork(64, ["denoise", "lesion"], width=8)
+    losses = net.losses(images, torch.Generator().manual_seed(0), groups)
+    scores, maps, gates = net.failures(images)
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..baselines.dae import coarse_noise
+from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, pool_map
+from ..unet import UNet
+from .moe import MoELayer
+from .proxy_tasks import SyntheticLesion
+
+UNET_TASKS: tuple[str, ...] = ("denoise", "lesion")
+
+
+class CoarseNoiseRemoval(nn.Module):
+    """Proxy task ``denoise`` of the U-Net design (see the module docstring)."""
+
+    name, kind, aspect, has_map = "denoise", "self-supervised", "appearance (restoration)", True
+    num_views = 1
+
+    def __init__(self, width: int, noise_res: int = 8, noise_std: float = 0.2):
+        super().__init__()
+        self.head = nn.Conv2d(width, 1, 1)
+        self.noise_res, self.noise_std = int(noise_res), float(noise_std)
+        self.loss_weight = 10.0  # the MSE of a restoration (~0.002) is small beside the lesion BCE (~0.05)
+        self.score_sigma, self.score_top = DEFAULT_SIGMA, DEFAULT_TOP
+
+    def corrupt(self, images, generator, groups=None):
+        return images + coarse_noise(images, generator, self.noise_res, self.noise_std), {"image": images}
+
+    def views(self, images):
+        return images, {"image": images}
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.head(feats)
+
+    def loss(self, output, targets):
+        return F.mse_loss(output, targets["image"])
+
+    def failure(self, output, targets):
+        amap = (targets["image"] - output).abs()
+        return pool_map(amap, self.score_sigma, self.score_top), amap
+
+
+class LesionSegmentation(nn.Module):
+    """Proxy task ``lesion`` of the U-Net design: :class:`SyntheticLesion`'s synthesis, a full-resolution head."""
+
+    name, kind, aspect, has_map = "lesion", "pseudo-anomaly", "local structure", True
+    num_views = 1
+
+    def __init__(self, image_size: int, width: int):
+        super().__init__()
+        self.synth = SyntheticLesion(image_size, (4, 4, 4))
+        del self.synth.head  # only its synthesis is used; the head is ours
+        self.head = nn.Conv2d(width, 1, 1)
+        self.loss_weight = 1.0
+        self.score_sigma, self.score_top = DEFAULT_SIGMA, DEFAULT_TOP
+
+    def corrupt(self, images, generator, groups=None):
+        return self.synth.corrupt(images, generator, groups)
+
+    def views(self, images):
+        return images, {"mask": torch.zeros_like(images)}
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.head(feats)
+
+    def loss(self, output, targets):
+        return F.binary_cross_entropy_with_logits(output, targets["mask"])
+
+    def failure(self, output, targets):
+        amap = torch.sigmoid(output)
+        return pool_map(amap, self.score_sigma, self.score_top), amap
+
+
+class _MoEStack(nn.Module):
+    def __init__(self, channels: int, num_experts: int, num_tasks: int, top_k: int, layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(MoELayer(channels, num_experts, num_tasks, top_k) for _ in range(layers))
+
+    def forward(self, h: torch.Tensor, task_index: torch.Tensor):
+        balance, gates = h.new_zeros(()), []
+        for layer in self.layers:
+            h, info = layer(h, task_index)
+            balance = balance + info["balance"]
+            gates.append(info["weights"])
+        return h, {"balance": balance, "gates": torch.stack(gates, 1)}
+
+
+class UNetMTLNetwork(nn.Module):
+    def __init__(self, image_size: int, proxy_tasks: Sequence[str] = UNET_TASKS, width: int = 8, depth: int = 3,
+                 moe: bool = True, num_experts: int = 4, top_k: int = 2, moe_layers: int = 1, num_organs: int = 1):
+        super().__init__()
+        names = list(proxy_tasks)
+        unknown = [n for n in names if n not in UNET_TASKS]
+        if not names or unknown:
+            raise ValueError(f"design 'unet' trains proxy tasks from {list(UNET_TASKS)}; got {names}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"proxy_tasks has duplicates: {names}")
+        if moe_layers < 1:
+            raise ValueError(f"moe_layers must be >= 1; got {moe_layers}")
+        if image_size % 2 ** depth:
+            raise ValueError(f"image_size {image_size} must be a multiple of 2**depth = {2 ** depth}")
+        if num_organs < 1:
+            raise ValueError(f"num_organs must be >= 1; got {num_organs}")
+        experts, k = (num_experts, top_k) if moe else (1, 1)
+        self.task_names = names
+        self.num_organs = int(num_organs)
+        # The gate is steered by (proxy task, organ): one row of the gate's task table per pair, so experts can
+        # specialise in a task on one organ (the organ of an image is known, as All-in-One's prompt is).
+        self.unet = UNet(1, 1, width=width, depth=depth,
+                         middle=_MoEStack(width * 2 ** depth, experts, len(names) * self.num_organs, k, moe_layers))
+        del self.unet.out  # each task has its own output head
+        builders = {"denoise": lambda: CoarseNoiseRemoval(width), "lesion": lambda: LesionSegmentation(image_size, width)}
+        self.tasks = nn.ModuleDict({n: builders[n]() for n in names})
+
+    @property
+    def map_task_names(self) -> list[str]:
+        return list(self.task_names)
+
+    @property
+    def moe(self) -> nn.ModuleList:
+        return self.unet.middle.layers
+
+    def gate_index(self, task: int | torch.Tensor, organs: torch.Tensor | None, n: int, device) -> torch.Tensor:
+        """Row of the gate table for (proxy task, organ) per sample; organ 0 when unknown."""
+        organs = torch.zeros(n, dtype=torch.long, device=device) if organs is None else organs.to(device).long()
+        return task * self.num_organs + organs.clamp(0, self.num_organs - 1)
+
+    def trunk(self, x: torch.Tensor, gate_index: torch.Tensor):
+        return self.unet.features(x, (gate_index,))
+
+    def forward_task(self, name: str, inputs: torch.Tensor, organs: torch.Tensor | None = None) -> torch.Tensor:
+        idx = self.gate_index(self.task_names.index(name), organs, len(inputs), inputs.device)
+        return self.tasks[name](self.trunk(inputs, idx)[0])
+
+    def losses(self, images: torch.Tensor, generator: torch.Generator,
+               groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Every task's loss on its own corruption of ``images`` (one stacked pass), plus ``balance``."""
+        corrupted = [self.tasks[n].corrupt(images, generator, groups) for n in self.task_names]
+        x = torch.cat([inp for inp, _ in corrupted])
+        index = torch.cat([self.gate_index(t, groups, len(images), images.device) for t in range(len(self.task_names))])
+        feats, info = self.trunk(x, index)
+        out: dict[str, torch.Tensor] = {}
+        for t, (name, (_, targets)) in enumerate(zip(self.task_names, corrupted)):
+            sl = slice(t * len(images), (t + 1) * len(images))
+            out[name] = self.tasks[name].loss(self.tasks[name](feats[sl]), targets)
+        out["balance"] = info["balance"]
+        return out
+
+    @torch.no_grad()
+    def failures(self, images: torch.Tensor, organs: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw failure scores ``[B, T]``, failure maps ``[B, T, S, S]``, mean gate weights ``[B, T, E]``."""
+        scores, maps, gates = [], [], []
+        for t, name in enumerate(self.task_names):
+            task = self.tasks[name]
+            inputs, targets = task.views(images)
+            feats, info = self.trunk(inputs, self.gate_index(t, organs, len(inputs), images.device))
+            score, amap = task.failure(task(feats), targets)
+            scores.append(score)
+            maps.append(amap)
+            gates.append(info["gates"].mean(1))
+        return torch.stack(scores, 1), torch.cat(maps, 1), torch.stack(gates, 1)
+
+    def expert_usage(self) -> torch.Tensor:
+        """Training usage ``[T, E]`` per proxy task (summed over organs), averaged over the MoE layers."""
+        usage = torch.stack([layer.usage for layer in self.moe]).sum(0)  # [T*G, E]
+        usage = usage.view(len(self.task_names), self.num_organs, -1).sum(1)
+        return usage / usage.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+__all__ = ["CoarseNoiseRemoval", "LesionSegmentation", "UNET_TASKS", "UNetMTLNetwork"]
