@@ -10,7 +10,7 @@ where copying is wrong (remove coarse noise, find a pasted lesion), not on plain
 An optional ``middle`` module (e.g. a Mixture-of-Experts layer, ``medad_edu.models.mtl``) transforms the
 bottleneck: ``forward(x, middle_args)`` calls ``middle(h, *middle_args)``, which returns ``(h, info)``.
 
-Explained in notebooks/40_baselines.ipynb (denoising autoencoder) and notebooks/21_mtl_moe.ipynb.
+Explained in notebooks/40_baselines.ipynb (denoising autoencoder) and notebooks/24_mtl_unet.ipynb.
 
 Example::
 
