@@ -161,50 +161,6 @@ def _spec_diff(old: dict, new: dict) -> list[str]:
 EPOCH_LOG_SECONDS = 10.0
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _train_with_epoch_lines(train: Callable, cfg, run_dir: Path, data: MultiTaskData,
-                            log: Callable[[str], None]):
-    """``train(cfg, run_dir, data=data)`` reporting its epochs through ``log``, without a tqdm bar.
-
-    The trainer logs its epoch lines only with ``progress=True``, which also draws a tqdm bar; here its
-    ``_progress`` wrapper is swapped, for this call only, for one that draws no bar and adds an epoch line
-    (seconds per epoch, time left) whenever the last line is :data:`EPOCH_LOG_SECONDS` old.
-    """
-    from unittest import mock
-
-    from ..training import trainer as trainer_module
-
-    if not callable(getattr(trainer_module, "_progress", None)):  # another trainer: no epoch lines, no bar
-        return train(cfg, run_dir, data=data, progress=False, log=log)
-    last = [time.perf_counter()]
-
-    def log_line(msg: str) -> None:
-        last[0] = time.perf_counter()
-        log(msg)
-
-    def epochs_without_bar(iterable, enabled=True, desc="", total=None):
-        total = len(iterable) if total is None else total
-        t0, n = time.perf_counter(), 0
-        for epoch in iterable:
-            yield epoch
-            n += 1
-            now = time.perf_counter()
-            if n < total and now - last[0] >= EPOCH_LOG_SECONDS:
-                per = (now - t0) / n
-                log_line(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}: {per:.1f} s/epoch, about "
-                         f"{_duration(per * (total - n))} left")
-
-    with mock.patch.object(trainer_module, "_progress", epochs_without_bar):
-        return train(cfg, run_dir, data=data, progress=True, log=log_line)
-
-
 def run_one(method: str, seed: int, data: MultiTaskData, data_spec: str, config: str, run_dir: Path,
             options: dict | None = None, overrides: dict | None = None, log: Callable[[str], None] = print) -> dict:
     """Train (or resume) and evaluate one method with one seed; returns its bench record (cached on disk)."""
@@ -228,7 +184,8 @@ def run_one(method: str, seed: int, data: MultiTaskData, data_spec: str, config:
         f"in {run_dir}")
     epochs_before = _finished_epochs(run_dir)
     t0, c0 = time.perf_counter(), time.process_time()
-    res = _train_with_epoch_lines(train, cfg, run_dir, data, log=lambda m: log(f"[bench]   {m}"))
+    res = train(cfg, run_dir, data=data, progress=True, bar=False, time_lines_every=EPOCH_LOG_SECONDS,
+                log=lambda m: log(f"[bench]   {m}"))
     call_wall, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     hist = res.history
     seconds = sum(h["seconds"] for h in hist)

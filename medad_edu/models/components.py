@@ -8,13 +8,42 @@ Decoder: FC ``latent`` -> ``64 x S/16 x S/16``, then 4 x [ConvTranspose 4x4 stri
 64-32-16-``out_channels``; every layer but the output layer is followed by BatchNorm + ReLU.
 
 Explained in notebooks/10_allinone_encoder.ipynb (and used by the AE of notebooks/03_autoencoder.ipynb).
+
+Also small helpers that several models share: ``group_norm_groups`` (GroupNorm groups for a width),
+``smooth_noise`` (coarse Gaussian noise, for the MTL-MAD proxy tasks and the denoising autoencoder) and
+``bounded_logvar`` (a predicted log-variance: AE-U, All-in-One, MTL-MAD's uncertainty heads).
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+LOGVAR_RANGE = (-10.0, 4.0)  # default range of a predicted log-variance: exp(-s) stays finite in float32 and bf16
+
+
+def group_norm_groups(channels: int) -> int:
+    """The number of GroupNorm groups for ``channels``: 8, 4, 2 or 1, the largest that divides it."""
+    for g in (8, 4, 2):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+def smooth_noise(n: int, size: int | tuple[int, int], res: int, generator: torch.Generator,
+                 like: torch.Tensor) -> torch.Tensor:
+    """Smooth noise ``[n,1,H,W]`` (``size`` = H = W, or ``(H, W)``): standard normal on a ``res x res`` grid (drawn on
+    the generator's device), bilinearly upsampled, on ``like``'s device and dtype."""
+    low = torch.randn((n, 1, res, res), generator=generator, device=generator.device).to(like.device, like.dtype)
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    return F.interpolate(low, size=hw, mode="bilinear", align_corners=False)
+
+
+def bounded_logvar(raw: torch.Tensor, low: float = LOGVAR_RANGE[0], high: float = LOGVAR_RANGE[1]) -> torch.Tensor:
+    """A raw network output -> a log-variance in ``(low, high)`` (smooth, so gradients never vanish at a clamp)."""
+    return low + (high - low) * torch.sigmoid(raw)
 
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:

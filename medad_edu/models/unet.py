@@ -25,12 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _groups(channels: int) -> int:
-    for g in (8, 4, 2):
-        if channels % g == 0:
-            return g
-    return 1
+from .components import group_norm_groups as _groups
 
 
 def double_conv(c_in: int, c_out: int) -> nn.Sequential:

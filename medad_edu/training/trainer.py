@@ -63,6 +63,15 @@ def _peak_memory_mb(device: torch.device) -> float:
         return float("nan")
 
 
+def _duration(seconds: float) -> str:
+    """``'42 s'``, ``'12 min'`` or ``'1.5 h'``: a time left, as a person reads it."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _progress(iterable, enabled: bool, desc: str, total: int):
     if not enabled:
         return iterable
@@ -197,7 +206,8 @@ def _existing_run(run_dir: Path, cfg: TrainConfig, resume: bool, allow_config_ch
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, data: MultiTaskData | None = None,
           progress: bool = True, resume: bool = True, log: Callable[[str], None] | None = None,
-          allow_config_change: bool = False) -> TrainResult:
+          allow_config_change: bool = False, bar: bool = True,
+          time_lines_every: float | None = None) -> TrainResult:
     """Train ``cfg.method`` on ``data`` (default: ``load_data(cfg.data)``), checkpointing into ``run_dir``.
 
     ``run_dir=None`` trains without writing anything (handy in notebooks and tests). With a ``run_dir``:
@@ -210,6 +220,10 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, data: MultiTaskDa
       constructor arguments can never change: the weights would not fit);
     - the folder is created only once the data has loaded (every training and validation image decoded);
     - a ``--data`` folder is stored in config.json as its absolute path.
+
+    ``progress``: log an epoch line (loss, images/s) every ``epochs // 5`` epochs, and draw a tqdm bar unless
+    ``bar=False``; with ``time_lines_every`` (seconds), also log a finished epoch's time and the time left
+    whenever the last line is that old (a long run in a log file, e.g. ``medad-edu bench``, then shows life).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if cfg.data is not None and _data_key(cfg.data) != cfg.data:
@@ -222,12 +236,14 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, data: MultiTaskDa
                 raise NotADirectoryError(errno.ENOTDIR, f"cannot use {run_dir} as a run folder: it is a file")
             held.callback(_unlock_run, _lock_run(run_dir))
             state, changes = _existing_run(run_dir, cfg, resume, allow_config_change, log, data is not None)
-        return _train(cfg, run_dir, data, progress, log, held, state, changes, resume, allow_config_change)
+        return _train(cfg, run_dir, data, progress, log, held, state, changes, resume, allow_config_change, bar,
+                      time_lines_every)
 
 
 def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, progress: bool,
            log: Callable[[str], None], held: contextlib.ExitStack, state: dict | None, changes: list[str],
-           resume: bool, allow_config_change: bool) -> TrainResult:
+           resume: bool, allow_config_change: bool, bar: bool = True,
+           time_lines_every: float | None = None) -> TrainResult:
     data_given = data is not None
     seed_everything(cfg.seed)
     device = get_device(cfg.device)
@@ -292,7 +308,16 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
             save_checkpoint(run_dir, model, optimizer, epoch, cfg.to_dict(), history, complete, thresholds,
                             extra=extra)
 
-    for epoch in _progress(epochs, progress, f"{cfg.method}", total=len(epochs)):
+    last_line = [time.perf_counter()]  # when the last progress line was logged
+    if progress and time_lines_every is not None:
+        user_log = log
+
+        def log(msg: str) -> None:  # noqa: F811 - the same log, remembering when it last spoke
+            last_line[0] = time.perf_counter()
+            user_log(msg)
+
+    loop_start = time.perf_counter()
+    for done, epoch in enumerate(_progress(epochs, progress and bar, f"{cfg.method}", total=len(epochs)), 1):
         model.train()
         # The shuffling depends on (seed, epoch) only, so a resumed run sees the same batches.
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
@@ -341,6 +366,12 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
             log(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}: loss {entry.get('loss', math.nan):.4f}, "
                 f"{entry['images_per_second']:.0f} img/s")
         checkpoint(epoch + 1, complete=False)
+        now = time.perf_counter()
+        if (progress and time_lines_every is not None and done < len(epochs)
+                and now - last_line[0] >= time_lines_every):
+            per = (now - loop_start) / done
+            log(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}: {per:.1f} s/epoch, about "
+                f"{_duration(per * (len(epochs) - done))} left")
 
     model.eval()
     with torch.no_grad():

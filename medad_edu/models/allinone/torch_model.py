@@ -43,8 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import AnomalyModel, AnomalyResult
-from ..baselines.aeu import bounded_logvar
-from ..components import ConvEncoder
+from ..components import ConvEncoder, bounded_logvar
 from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, check_pooling, pool_map
 from . import loss as L
 from .experts import BatchedExperts

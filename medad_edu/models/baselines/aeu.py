@@ -23,16 +23,8 @@ from __future__ import annotations
 import torch
 
 from ..base import AnomalyModel, AnomalyResult
-from ..components import ConvDecoder, ConvEncoder
+from ..components import LOGVAR_RANGE, ConvDecoder, ConvEncoder, bounded_logvar  # noqa: F401 (LOGVAR_RANGE: the range of s)
 from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, check_pooling, pool_map
-
-LOGVAR_RANGE = (-10.0, 4.0)  # s is squashed into this range: exp(-s) stays finite in float32 and bf16
-
-
-def bounded_logvar(raw: torch.Tensor, low: float = LOGVAR_RANGE[0], high: float = LOGVAR_RANGE[1]) -> torch.Tensor:
-    """A raw network output -> a log-variance in ``(low, high)`` (smooth, so gradients never vanish at a clamp)."""
-    return low + (high - low) * torch.sigmoid(raw)
-
 
 def uncertainty_nll(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """``mean(exp(-s) (x - mu)^2 + s)``: AE-U's loss (a Gaussian NLL without its constant and factor 1/2)."""

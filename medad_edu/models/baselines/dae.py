@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base import AnomalyModel, AnomalyResult
+from ..components import smooth_noise
 from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, check_pooling, pool_map
 from ..unet import UNet
 
@@ -39,8 +40,7 @@ def coarse_noise(images: torch.Tensor, generator: torch.Generator, res: int = 16
     ``S x S``, rolled by a random offset per image (so the grid's nodes do not always sit at the same pixels),
     zero outside the foreground. One random draw for the whole batch (vectorised, no loop over samples)."""
     b, _, h, w = images.shape
-    low = torch.randn((b, 1, res, res), generator=generator, device=generator.device).to(images)
-    noise = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False) * std
+    noise = smooth_noise(b, (h, w), res, generator, images) * std
     shifts = torch.randint(0, max(h, w), (b, 2), generator=generator, device=generator.device).to(images.device)
     # roll each image by its own offset: gather with modular indices
     rows = (torch.arange(h, device=images.device)[None, :] + shifts[:, :1]) % h  # [B, H]

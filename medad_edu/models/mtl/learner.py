@@ -145,8 +145,8 @@ class MultiTaskLearner(AnomalyModel):
         else:
             self.net = MTLNetwork(image_size, proxy_tasks, width=width, moe=moe, num_experts=num_experts,
                                   top_k=top_k, moe_layers=moe_layers, clusters=clusters, uncertainty=uncertainty)
-        for task in self.net.tasks.values():
-            task.top_fraction = top_fraction
+            for task in self.net.tasks.values():  # the U-Net design's tasks pool with score_sigma / score_top
+                task.top_fraction = top_fraction
         if "lesion" in self.net.tasks and design == "classic":  # the sparse-mask BCE (~0.1) is small beside the cross-entropies (~0.5-1)
             self.net.tasks["lesion"].loss_weight = float(lesion_weight)
         self.fusion = fusion

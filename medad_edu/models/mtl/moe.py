@@ -35,12 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..components import group_norm_groups
 
-def _groups(channels: int) -> int:
-    for g in (8, 4, 2, 1):
-        if channels % g == 0:
-            return g
-    return 1
+
+_groups = group_norm_groups  # (heads.py imports it from here)
 
 
 class Expert(nn.Module):

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..components import bounded_logvar, smooth_noise
 from .heads import BottleneckHead, DenseHead, GlobalHead, GridHead
 
 VIEW_SEED = 1234  # seeds the fixed inference views (noise fields, jigsaw permutations)
@@ -57,10 +58,7 @@ def _randn(shape: Sequence[int], generator: torch.Generator, like: torch.Tensor)
     return torch.randn(tuple(shape), generator=generator, device=generator.device).to(like.device, like.dtype)
 
 
-def coarse_noise(n: int, size: int, res: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """Smooth noise ``[n,1,size,size]``: standard normal on a ``res x res`` grid, bilinearly upsampled."""
-    low = _randn((n, 1, res, res), generator, like)
-    return F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+coarse_noise = smooth_noise  # smooth noise [n,1,size,size] on a res x res grid (models/components.py)
 
 
 def pool_map(amap: torch.Tensor, top_fraction: float = 1.0) -> torch.Tensor:
@@ -80,8 +78,7 @@ def gaussian_head_output(raw: torch.Tensor, uncertainty: bool) -> torch.Tensor:
     mean = torch.sigmoid(raw[:, :1])
     if not uncertainty:
         return mean
-    lo, hi = LOGVAR_RANGE
-    logvar = lo + (hi - lo) * torch.sigmoid(raw[:, 1:2])
+    logvar = bounded_logvar(raw[:, 1:2], *LOGVAR_RANGE)
     return torch.cat([mean, logvar], 1)
 
 
