@@ -42,3 +42,9 @@ def import_open_clip():
     """Import open_clip (which imports torchvision) with the same workaround."""
     import_torchvision()
     return importlib.import_module("open_clip")
+
+
+def import_sentence_transformers():
+    """Import sentence_transformers (transformers imports torchvision when it is installed) with the same workaround."""
+    import_torchvision()
+    return importlib.import_module("sentence_transformers")

