@@ -136,6 +136,28 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def package_dir(module: str) -> str | None:
+    """The folder an installed module or package lives in, or ``None`` when it is not installed (never imports it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    return os.path.dirname(spec.origin) if spec.origin else None
+
+
+def package_version(dist: str) -> str:
+    """The installed version of a distribution, or ``"?"``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
 def versions() -> dict[str, str]:
     """Versions of the libraries a result depends on (stored in checkpoints, printed by the book)."""
     import platform

@@ -45,14 +45,13 @@ Example::
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from functools import lru_cache
-from importlib import metadata
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..utils import package_dir as _pkg_dir, package_version as _version
 from . import lesions as _les
 from .lesions import grid, interp_matrix
 
@@ -64,22 +63,6 @@ MIN_SIZE, MAX_SIZE = 32, 512
 
 
 # ------------------------------------------------------------------------------------- where files are
-
-
-def _pkg_dir(module: str) -> str | None:
-    spec = importlib.util.find_spec(module)
-    if spec is None:
-        return None
-    if spec.submodule_search_locations:
-        return list(spec.submodule_search_locations)[0]
-    return os.path.dirname(spec.origin) if spec.origin else None
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "?"
 
 
 _NILEARN_FILES = {k: f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}

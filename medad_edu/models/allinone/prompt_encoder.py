@@ -123,18 +123,17 @@ def embed_dim_of(model_name: str) -> int:
 
 def sentence_model_dir(model_name: str = MINILM) -> tuple[str, str]:
     """``(folder of the packaged sentence-transformers model, package==version)``; a one-line error if absent."""
-    module, dist = SENTENCE_MODELS[model_name]
-    import importlib.util
-    from importlib import metadata
+    from ...utils import package_dir, package_version
 
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
+    module, dist = SENTENCE_MODELS[model_name]
+    root = package_dir(module)
+    if root is None:
         raise ValueError(f"text model {model_name!r} needs the package {dist!r} (pip install {dist}; it is in "
                          f"requirements.txt), or choose an open_clip model such as {CLIP_MODEL!r}")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    folder = Path(root) / "model"
     if not (folder / "config.json").is_file():
         raise ValueError(f"package {dist!r} has no model folder at {folder}; reinstall it")
-    return str(folder), f"{dist}=={metadata.version(dist)}"
+    return str(folder), f"{dist}=={package_version(dist)}"
 
 
 class PromptEncoder:

@@ -31,6 +31,11 @@ def uncertainty_nll(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> 
     return (torch.exp(-logvar) * (x - mu) ** 2 + logvar).mean()
 
 
+def uncertainty_map(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """``exp(-s) (x - mu)^2``: AE-U's anomaly map, the squared error in units of the variance it predicts."""
+    return torch.exp(-logvar) * (x - mu) ** 2
+
+
 class AEU(AnomalyModel):
     name = "aeu"
     # MedIAnomaly's AE-U: 64 px, latent 16, batch 64, Adam 1e-3, 250 epochs.
@@ -60,6 +65,6 @@ class AEU(AnomalyModel):
     def forward(self, images: torch.Tensor, task_ids: torch.Tensor | None = None) -> AnomalyResult:
         self.check_input(images, task_ids)
         x, mu, s = self.predict(images)
-        amap = torch.exp(-s) * (x - mu) ** 2
+        amap = uncertainty_map(x, mu, s)
         return AnomalyResult(amap, pool_map(amap, self.score_sigma, self.score_top),
                              {"reconstruction": (mu + 1) / 2, "log_variance": s, "error": ((x - mu) / 2) ** 2})

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..baselines.aeu import uncertainty_nll
+from ..baselines.aeu import uncertainty_map, uncertainty_nll
 from ..baselines.dae import coarse_noise
 from ..components import ConvDecoder, bounded_logvar
 from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, pool_map
@@ -149,7 +149,7 @@ class UncertainReconstruction(nn.Module):
         return uncertainty_nll(targets["image"] * 2 - 1, output[:, :1], output[:, 1:])
 
     def failure(self, output, targets):
-        amap = torch.exp(-output[:, 1:]) * (targets["image"] * 2 - 1 - output[:, :1]) ** 2
+        amap = uncertainty_map(targets["image"] * 2 - 1, output[:, :1], output[:, 1:])
         return pool_map(amap, self.score_sigma, self.score_top), amap
 
 
@@ -208,13 +208,14 @@ class UNetMTLNetwork(nn.Module):
         organs = torch.zeros(n, dtype=torch.long, device=device) if organs is None else organs.to(device).long()
         return task * self.num_organs + organs.clamp(0, self.num_organs - 1)
 
-    def trunk(self, x: torch.Tensor, gate_index: torch.Tensor, decode: torch.Tensor | None = None):
-        """``(decoder features of the rows in decode (all when None), MoE-transformed bottleneck, MoE info)``."""
+    def trunk(self, x: torch.Tensor, gate_index: torch.Tensor, decode: bool | torch.Tensor = True):
+        """``(decoder features, MoE-transformed bottleneck, MoE info)``. ``decode``: ``True`` decodes every row,
+        ``False`` none (features ``None``), a boolean ``[N]`` mask only those rows (in order)."""
         skips = self.unet.encode(x)
         h, info = self.unet.middle(skips.pop(), gate_index)
-        if decode is None:
+        if decode is True:
             return self.unet.decode(h, skips), h, info
-        if not bool(decode.any()):
+        if decode is False or not bool(decode.any()):
             return None, h, info
         return self.unet.decode(h[decode], [s[decode] for s in skips]), h, info
 
@@ -224,8 +225,7 @@ class UNetMTLNetwork(nn.Module):
 
     def forward_task(self, name: str, inputs: torch.Tensor, organs: torch.Tensor | None = None) -> torch.Tensor:
         idx = self.gate_index(self.task_names.index(name), organs, len(inputs), inputs.device)
-        decode = torch.full((len(inputs),), self.tasks[name].reads == "decoder", device=inputs.device)
-        feats, h, _ = self.trunk(inputs, idx, decode)
+        feats, h, _ = self.trunk(inputs, idx, self.tasks[name].reads == "decoder")
         return self._task_output(name, feats, h)
 
     def losses(self, images: torch.Tensor, generator: torch.Generator,
@@ -259,8 +259,8 @@ class UNetMTLNetwork(nn.Module):
         for t, name in enumerate(self.task_names):
             task = self.tasks[name]
             inputs, targets = task.views(images)
-            decode = torch.full((len(inputs),), task.reads == "decoder", device=images.device)
-            feats, h, info = self.trunk(inputs, self.gate_index(t, organs, len(inputs), images.device), decode)
+            feats, h, info = self.trunk(inputs, self.gate_index(t, organs, len(inputs), images.device),
+                                        task.reads == "decoder")
             score, amap = task.failure(self._task_output(name, feats, h), targets)
             scores.append(score)
             maps.append(amap)
