@@ -46,6 +46,17 @@ def bounded_logvar(raw: torch.Tensor, low: float = LOGVAR_RANGE[0], high: float 
     return low + (high - low) * torch.sigmoid(raw)
 
 
+def uncertainty_nll(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """``mean(exp(-s) (x - mu)^2 + s)``: a Gaussian NLL without its constant and factor 1/2 (AE-U's loss, All-in-One's
+    log-variance form, MTL-MAD's reconstruction task). For a squared error ``r`` its optimum is ``s = ln r``."""
+    return (uncertainty_map(x, mu, logvar) + logvar).mean()
+
+
+def uncertainty_map(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """``exp(-s) (x - mu)^2``: the squared error in units of the variance the network predicts for that pixel."""
+    return torch.exp(-logvar) * (x - mu) ** 2
+
+
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
                          nn.ReLU(inplace=True))

@@ -36,6 +36,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..components import uncertainty_map, uncertainty_nll
+
 
 def expert_targets(task_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
     """The expert each task is routed to by Eq. 4: task ``c`` -> expert ``c mod N``."""
@@ -65,7 +67,7 @@ def hallucination_loss(x: torch.Tensor, x_hat: torch.Tensor, u: torch.Tensor, er
 
 def logvar_anomaly_map(x: torch.Tensor, x_hat: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """The log-variance form's map: ``(x - x_hat)^2 exp(-s)``, the error in units of the variance it expects."""
-    return squared_error(x, x_hat) * torch.exp(-s)
+    return uncertainty_map(x, x_hat, s)
 
 
 def logvar_loss(x: torch.Tensor, x_hat: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -75,7 +77,7 @@ def logvar_loss(x: torch.Tensor, x_hat: torch.Tensor, s: torch.Tensor) -> torch.
     so the term is active on images in [0, 1]: a pixel that is always hard to reconstruct (an edge) learns a large
     ``s`` and its error is discounted; a lesion, never seen in training, keeps the small ``s`` of its place.
     This is AE-U's loss (Mao et al., MICCAI 2020) inside All-in-One's mixture of experts."""
-    return (logvar_anomaly_map(x, x_hat, s) + s).mean()
+    return uncertainty_nll(x, x_hat, s)
 
 
 def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:

@@ -23,17 +23,11 @@ from __future__ import annotations
 import torch
 
 from ..base import AnomalyModel, AnomalyResult
-from ..components import LOGVAR_RANGE, ConvDecoder, ConvEncoder, bounded_logvar  # noqa: F401 (LOGVAR_RANGE: the range of s)
+# LOGVAR_RANGE (the range of s), uncertainty_nll and uncertainty_map are shared with All-in-One and MTL-MAD
+from ..components import (LOGVAR_RANGE, ConvDecoder, ConvEncoder, bounded_logvar,  # noqa: F401
+                          uncertainty_map, uncertainty_nll)
 from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, check_pooling, pool_map
 
-def uncertainty_nll(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """``mean(exp(-s) (x - mu)^2 + s)``: AE-U's loss (a Gaussian NLL without its constant and factor 1/2)."""
-    return (torch.exp(-logvar) * (x - mu) ** 2 + logvar).mean()
-
-
-def uncertainty_map(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """``exp(-s) (x - mu)^2``: AE-U's anomaly map, the squared error in units of the variance it predicts."""
-    return torch.exp(-logvar) * (x - mu) ** 2
 
 
 class AEU(AnomalyModel):

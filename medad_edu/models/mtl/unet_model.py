@@ -39,9 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..baselines.aeu import uncertainty_map, uncertainty_nll
 from ..baselines.dae import coarse_noise
-from ..components import ConvDecoder, bounded_logvar
+from ..components import ConvDecoder, bounded_logvar, uncertainty_map, uncertainty_nll
 from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, pool_map
 from ..unet import UNet
 from .moe import MoELayer
