@@ -80,12 +80,21 @@ def split_tensors(data: MultiTaskData, split: str, num_workers: int = 0) -> Spli
 
 def iterate_batches(tensors: SplitTensors, batch_size: int, shuffle: bool = False,
                     generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-                    drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield batches ``{"image", "label", "mask", "has_mask", "task_id", "index"}`` on ``device``."""
-    n = len(tensors)
+                    drop_last: bool = False, order: torch.Tensor | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield batches ``{"image", "label", "mask", "has_mask", "task_id", "index"}`` on ``device``.
+
+    ``order``: the indices to visit, in this order (e.g. one rank's shard of a distributed epoch,
+    ``medad_edu.training.distributed.ShardSampler``); default all of them, shuffled with ``generator`` if
+    ``shuffle``.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    if order is None:
+        n = len(tensors)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    else:
+        order = torch.as_tensor(order, dtype=torch.long)
+        n = len(order)
     device = torch.device(device)
     pin = device.type == "cuda"
     stop = n - (n % batch_size) if (drop_last and n >= batch_size) else n

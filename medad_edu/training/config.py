@@ -1,5 +1,8 @@
 """Training configurations: ``quick`` (CPU, 64 px, minutes) and ``paper`` (GPU, 256 px, 250 epochs).
 
+``batch_size`` is the global batch: under ``torchrun`` with W processes each takes ``batch_size / W`` images
+per step (``medad_edu.training.distributed``).
+
 One code path serves both; a configuration is only numbers. Precedence: the trainer's preset below, then the
 method's own ``QUICK`` / ``PAPER`` dict (``medad_edu.models.*``), then explicit overrides (command-line flags).
 """
@@ -30,6 +33,10 @@ class TrainConfig:
     amp: bool = False  # bfloat16 autocast on CUDA only; ignored elsewhere
     grad_clip: float | None = 5.0
     num_workers: int = 0  # threads decoding image files once, before training
+    # Speed settings, all off by default; like ``device`` they may change when a run is resumed.
+    compile: bool = False  # torch.compile the training step
+    channels_last: bool = False  # CUDA: model weights and input batches in channels-last memory format
+    sync_bn: bool = False  # CUDA, distributed: BatchNorm statistics over the global batch (SyncBatchNorm)
     sizes: str = "quick"  # embedded data size preset (tiny | quick | paper)
     tasks: list[str] | None = None  # restrict to these tasks (default: all)
     options: dict[str, Any] = field(default_factory=dict)  # method-specific options

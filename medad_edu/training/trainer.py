@@ -7,6 +7,12 @@ checkpoint stays on disk; thresholds are chosen on validation data at the end an
 timings (images per second, the share of time spent waiting for batches, peak memory) go into the history.
 A run folder is what it says: it is locked while a ``train`` runs in it, and a resume with other settings than
 its config.json is refused unless asked for (``allow_config_change=True``, ``--allow-config-change``).
+
+Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` set, ``WORLD_SIZE > 1``) the same loop is
+distributed data-parallel training (``medad_edu.training.distributed``): each rank trains on its shard with
+``batch_size / world_size`` images per step inside ``DistributedDataParallel``, rank 0 alone locks the folder and
+writes checkpoints, config.json (which records ``world_size``), history.json and log lines, and every rank
+resumes from the same checkpoint. In a single process none of this runs.
 """
 from __future__ import annotations
 
@@ -28,7 +34,8 @@ from ..data import MultiTaskData, load_data
 from ..data.batches import iterate_batches, split_tensors
 from ..models.base import AnomalyModel
 from ..models.registry import get_method
-from ..utils import atomic_write_json, get_device, seed_everything, to_plain
+from ..utils import atomic_write_json, seed_everything, to_plain
+from . import distributed
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, build_model, read_checkpoint, save_checkpoint
 from .config import TrainConfig
 
@@ -226,6 +233,12 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, data: MultiTaskDa
     whenever the last line is that old (a long run in a log file, e.g. ``medad-edu bench``, then shows life).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    info = distributed.dist_info()  # a single process unless started by torchrun (WORLD_SIZE > 1)
+    if info.enabled:
+        if get_method(cfg.method).uses_gradients:
+            distributed.check_batch_size(cfg.batch_size, info)
+        if not info.is_main:  # rank 0 alone logs and draws the progress bar
+            progress, log = False, (lambda msg: None)
     if cfg.data is not None and _data_key(cfg.data) != cfg.data:
         cfg = dataclasses.replace(cfg, data=_data_key(cfg.data))
     run_dir = Path(run_dir) if run_dir is not None else None
@@ -234,19 +247,22 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, data: MultiTaskDa
         if run_dir is not None and run_dir.exists():  # an existing run: lock and check it before loading data
             if not run_dir.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, f"cannot use {run_dir} as a run folder: it is a file")
-            held.callback(_unlock_run, _lock_run(run_dir))
+            if info.is_main:  # the other ranks of a distributed run only read the folder
+                held.callback(_unlock_run, _lock_run(run_dir))
             state, changes = _existing_run(run_dir, cfg, resume, allow_config_change, log, data is not None)
         return _train(cfg, run_dir, data, progress, log, held, state, changes, resume, allow_config_change, bar,
-                      time_lines_every)
+                      time_lines_every, info)
 
 
 def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, progress: bool,
            log: Callable[[str], None], held: contextlib.ExitStack, state: dict | None, changes: list[str],
            resume: bool, allow_config_change: bool, bar: bool = True,
-           time_lines_every: float | None = None) -> TrainResult:
+           time_lines_every: float | None = None,
+           info: distributed.DistInfo = distributed.DistInfo()) -> TrainResult:
     data_given = data is not None
-    seed_everything(cfg.seed)
-    device = get_device(cfg.device)
+    seed_everything(cfg.seed)  # the same on every rank: the same initial weights and start-of-training hooks
+    device = distributed.device_for(cfg.device, info)  # get_device(cfg.device) in a single process
+    held.enter_context(distributed.process_group(info, device))  # nothing in a single process
     if data is None:
         data = load_data(cfg.data, image_size=cfg.image_size, sizes=cfg.sizes, tasks=cfg.tasks,
                          seed=0)  # the data is fixed across training seeds
@@ -258,7 +274,7 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
     tensors = split_tensors(data, "train", num_workers=cfg.num_workers)
     if any(t.valid is not None and len(t.valid) for t in data.tasks):
         split_tensors(data, "valid", num_workers=cfg.num_workers)
-    if run_dir is not None and not run_dir.is_dir():
+    if run_dir is not None and not run_dir.is_dir() and info.is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -268,11 +284,15 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
                                        data_given)
 
     model = cls(cfg.image_size, data.task_names, data.prompts, **cfg.options).to(device)
+    channels_last = bool(cfg.channels_last) and device.type == "cuda"
+    if channels_last:  # 4-d weights in NHWC; the Parameter objects stay the same
+        model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
                  if cls.uses_gradients and params else None)
     start_epoch, history = 0, []
     config_changes: list = []
+    run_config = {**cfg.to_dict(), "world_size": info.world_size}  # config.json and the checkpoint's config
 
     if run_dir is not None:
         if state is not None:
@@ -294,19 +314,43 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
             if changes:
                 config_changes.append({"after_epoch": start_epoch, "changes": changes})
             log(f"{run_dir}: resuming after epoch {start_epoch} of {cfg.epochs}")
-        atomic_write_json(run_dir / "config.json", cfg.to_dict())
+            before = state["config"].get("world_size", 1)
+            if before != info.world_size:
+                log(f"{run_dir}: trained so far by {before} process(es), now by {info.world_size}; the global batch "
+                    f"stays {cfg.batch_size}")
+        if info.is_main:
+            atomic_write_json(run_dir / "config.json", run_config)
 
     model.on_train_start(data, device)
     use_amp = bool(cfg.amp) and device.type == "cuda"
     epochs = range(start_epoch, cfg.epochs) if cls.uses_gradients else range(start_epoch, min(1, cfg.epochs))
+    # Data-parallel only for gradient training: a method fitted without gradients (a memory bank) makes its one
+    # cheap pass over all the training images on every rank, which then all hold the same model.
+    sharded = info.enabled and cls.uses_gradients and optimizer is not None
+    step = _training_step(model, cfg, device, info, sharded)  # None: call model.training_loss (one process)
+    if sharded:
+        # Each rank draws its augmentations from its own stream, continued exactly on resume (the states of all
+        # ranks are in the checkpoint); with another number of ranks, or from a single-process checkpoint, the
+        # streams restart from (seed, rank, epoch).
+        rank_states = (state or {}).get("extra", {}).get("torch_rng_ranks")
+        if isinstance(rank_states, list) and len(rank_states) == info.world_size:
+            torch.set_rng_state(rank_states[info.rank])
+            if device.type == "cuda":
+                torch.cuda.manual_seed(distributed.rank_seed(cfg.seed, info.rank, start_epoch))
+        else:
+            torch.manual_seed(distributed.rank_seed(cfg.seed, info.rank, start_epoch))
 
-    def checkpoint(epoch: int, complete: bool, thresholds=None):
+    def checkpoint(epoch: int, complete: bool, thresholds=None, rank_states=None):
         if run_dir is not None:
             extra = {"torch_rng": torch.get_rng_state()}
+            if info.enabled:  # collective: every rank takes part, rank 0 writes
+                extra["torch_rng_ranks"] = (rank_states if rank_states is not None
+                                            else distributed.all_gather_object(torch.get_rng_state()))
             if config_changes:
                 extra["config_changes"] = config_changes
-            save_checkpoint(run_dir, model, optimizer, epoch, cfg.to_dict(), history, complete, thresholds,
-                            extra=extra)
+            if info.is_main:
+                save_checkpoint(run_dir, model, optimizer, epoch, run_config, history, complete, thresholds,
+                                extra=extra)
 
     last_line = [time.perf_counter()]  # when the last progress line was logged
     if progress and time_lines_every is not None:
@@ -320,12 +364,17 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
     for done, epoch in enumerate(_progress(epochs, progress and bar, f"{cfg.method}", total=len(epochs)), 1):
         model.train()
         # The shuffling depends on (seed, epoch) only, so a resumed run sees the same batches.
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         sums: dict[str, float] = {}
         n_images, steps, wait = 0, 0, 0.0
         t0 = time.perf_counter()
-        batches = iterate_batches(tensors, cfg.batch_size, shuffle=True, generator=gen, device=device,
-                                  drop_last=cls.uses_gradients)
+        if sharded:  # this rank's shard of the same permutation; together the ranks' batches are the global ones
+            order = distributed.ShardSampler(len(tensors), cfg.seed, info.rank, info.world_size).set_epoch(epoch)
+            batches = iterate_batches(tensors, cfg.batch_size // info.world_size, order=order.indices(),
+                                      device=device, drop_last=True)
+        else:
+            gen = distributed.shuffle_generator(cfg.seed, epoch)
+            batches = iterate_batches(tensors, cfg.batch_size, shuffle=True, generator=gen, device=device,
+                                      drop_last=cls.uses_gradients)
         while True:
             tw = time.perf_counter()
             batch = next(batches, None)
@@ -336,8 +385,10 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
                 with torch.no_grad():
                     model.fit_batch(batch)
             else:
+                if channels_last:
+                    batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    losses = model.training_loss(batch)
+                    losses = model.training_loss(batch) if step is None else step(batch)
                 loss = losses["loss"]
                 bad = [k for k, v in losses.items() if torch.is_tensor(v) and not torch.isfinite(v).all()]
                 if bad:
@@ -357,10 +408,17 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
+        if sharded:  # the epoch's numbers over all ranks: images in total, losses averaged over the ranks
+            keys = list(sums)
+            totals = distributed.all_reduce_sum([float(n_images), *(sums[k] for k in keys)], device)
+            n_images = int(totals[0])
+            sums = {k: v / info.world_size for k, v in zip(keys, totals[1:])}
         entry = {"epoch": epoch + 1, "images": n_images, "seconds": seconds, "data_wait_seconds": wait,
                  "images_per_second": n_images / max(seconds - wait, 1e-9),
                  "peak_memory_mb": _peak_memory_mb(device),
                  **{k: v / max(steps, 1) for k, v in sums.items()}}
+        if info.enabled:  # seconds, waiting and memory are rank 0's; images and losses are global
+            entry["world_size"] = info.world_size
         history.append(entry)
         if progress and cls.uses_gradients and (epoch + 1 == cfg.epochs or (epoch + 1) % max(1, cfg.epochs // 5) == 0):
             log(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}: loss {entry.get('loss', math.nan):.4f}, "
@@ -373,6 +431,15 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
             log(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}: {per:.1f} s/epoch, about "
                 f"{_duration(per * (len(epochs) - done))} left")
 
+    rank_states = None
+    if info.enabled:
+        # End-of-training statistics (on_train_end: score normalisation, memory-bank coresets; the thresholds) are
+        # computed on every rank identically, on the full training / validation data: they are cheap beside
+        # training and need no gathering. Identical inputs first: rank 0's weights and buffers (BatchNorm running
+        # statistics were last updated with each rank's own batch) and rank 0's random state.
+        rank_states = distributed.all_gather_object(torch.get_rng_state()) if run_dir is not None else None
+        distributed.broadcast_module(model)
+        torch.set_rng_state(distributed.broadcast_object(torch.get_rng_state()))
     model.eval()
     with torch.no_grad():
         model.on_train_end(data, device)
@@ -380,10 +447,35 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
 
     thresholds = choose_thresholds(model, data, device, batch_size=cfg.batch_size)
     checkpoint(len(history) if not cls.uses_gradients else max(cfg.epochs, len(history)), complete=True,
-               thresholds=thresholds)
-    if run_dir is not None:
+               thresholds=thresholds, rank_states=rank_states)
+    if run_dir is not None and info.is_main:
         atomic_write_json(run_dir / "history.json", history)
+    distributed.barrier(device)  # on every rank, train() returns once the run folder is complete
     return TrainResult(model, run_dir, history, thresholds, data)
+
+
+def _training_step(model: AnomalyModel, cfg: TrainConfig, device: torch.device, info: distributed.DistInfo,
+                   sharded: bool):
+    """The module that runs ``model.training_loss`` under DistributedDataParallel and/or torch.compile, or
+    ``None`` (a single process without --compile calls ``model.training_loss`` itself)."""
+    if not (sharded or (cfg.compile and model.uses_gradients)):
+        return None
+    if sharded and cfg.sync_bn and device.type == "cuda":  # BatchNorm statistics over the global batch
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place below the top module; same Parameters
+    step: torch.nn.Module = distributed.LossModule(model)
+    if sharded:
+        import warnings
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        # A convolution with one input channel (the grey image) gets a weight gradient [C, 1, k, k] whose strides
+        # read as channels-last; DDP copies it into its bucket and warns once per process. Harmless (a few KB).
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        step = DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=distributed.find_unused_parameters(model))
+    if cfg.compile:
+        step = torch.compile(step)
+    return step
 
 
 def load_or_train(cfg: TrainConfig, run_dir: str | Path, data: MultiTaskData | None = None,
