@@ -5,7 +5,9 @@ Subcommands::
     medad-edu data make --out DIR [--size N] [--seed S] [--set phantom|real] [--sizes tiny|quick|paper]
     medad-edu train --method NAME --data DIR|embedded --out RUN [--config quick|paper] [--epochs N]
                     [--image-size N] [--batch-size N] [--lr LR] [--device auto|cpu|cuda|mps] [--seed S]
-                    [--option KEY=VALUE ...] [--allow-config-change]
+                    [--option KEY=VALUE ...] [--allow-config-change] [--compile] [--channels-last] [--sync-bn]
+    torchrun --nproc-per-node N -m medad_edu train ...   (distributed data-parallel: the same flags; --batch-size
+                    is the global batch, split over the N processes)
     medad-edu evaluate --run RUN [--data DIR] --json FILE [--method NAME] [--allow-incomplete] [--allow-nonfinite]
     medad-edu bench ...      (see medad-edu bench --help)
     medad-edu predict ...    (see medad-edu predict --help)
@@ -122,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--allow-config-change", action="store_true",
                     help="resume a run in --out even though these settings differ from its config.json "
                          "(without it such a resume is refused and the differences are listed)")
+    tr.add_argument("--compile", action="store_true",
+                    help="torch.compile the training step (default off; the first steps wait for the compiler)")
+    tr.add_argument("--channels-last", action="store_true",
+                    help="CUDA only: weights and batches in channels-last memory format (may speed up convolutions "
+                         "on GPUs); ignored on the CPU")
+    tr.add_argument("--sync-bn", action="store_true",
+                    help="CUDA under torchrun only: BatchNorm statistics over the global batch (SyncBatchNorm) "
+                         "instead of each process's share; ignored otherwise")
 
     ev = sub.add_parser("evaluate", help="evaluate a trained run on the test split; writes a JSON file")
     ev.add_argument("--run", required=True, type=Path, help="run folder written by `medad-edu train`")
@@ -143,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench.add_arguments(sub.add_parser("bench", help="train and evaluate several methods side by side"))
     predict.add_arguments(sub.add_parser("predict", help="score new images with a trained run"))
+    from . import student
+
+    student.add_arguments(sub.add_parser("book", help="the book's notebooks: `book student` writes them "
+                                                      "without solutions"))
     return parser
 
 
@@ -266,13 +280,20 @@ def cmd_train(args) -> int:
     cfg = make_config(args.method, args.config, options=options, data=args.data,
                       epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
                       device=args.device, seed=args.seed, sizes=args.sizes, tasks=args.tasks,
-                      num_workers=args.workers)
+                      num_workers=args.workers, compile=args.compile, channels_last=args.channels_last,
+                      sync_bn=args.sync_bn)
     t0 = time.perf_counter()
     result = train(cfg, args.out, progress=not args.no_progress, allow_config_change=args.allow_config_change)
+    from ..training.distributed import dist_info
+
+    info = dist_info()
+    if not info.is_main:  # under torchrun, rank 0 reports
+        return 0
+    ranks = f" on {info.world_size} processes" if info.enabled else ""
     ips = result.images_per_second
     speed = f"{ips:.2f}" if ips < 10 else f"{ips:.0f}"  # a 256-px model on a CPU trains at well under 1 img/s
     print(f"trained {cfg.method} on {result.data.name} ({', '.join(result.data.task_names)}) for "
-          f"{len(result.history)} epochs in {time.perf_counter() - t0:.1f} s "
+          f"{len(result.history)} epochs{ranks} in {time.perf_counter() - t0:.1f} s "
           f"({speed} img/s); checkpoint: {args.out / 'checkpoint.pt'}")
     return 0
 
@@ -348,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "predict":
         from . import predict
         handler = predict.run
+    elif args.command == "book":
+        from . import student
+        handler = student.run
     else:
         handler = handlers[args.command]
     if args.command == "train" and args.data is None:
@@ -361,8 +385,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - every failure is one line unless --debug
         if args.debug:
             raise
-        print(f"medad-edu {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"medad-edu {args.command}{_rank_tag()}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _rank_tag() -> str:
+    """``' (rank 1)'`` in a process that torchrun started with a rank other than 0 (each rank prints its error)."""
+    import os
+
+    rank = os.environ.get("RANK", "0")
+    return f" (rank {rank})" if os.environ.get("WORLD_SIZE", "1") not in ("", "1") and rank not in ("", "0") else ""
 
 
 _EXPECTED = (CliError, ValueError, FileNotFoundError, KeyError, RuntimeError, FloatingPointError, OSError)

@@ -32,7 +32,6 @@ Example::
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..components import group_norm_groups
