@@ -42,6 +42,9 @@ class AnomalyModel(nn.Module):
     # Methods fitted without gradient descent (e.g. a memory bank) set this False: the trainer then makes one
     # pass over the data through ``fit_batch`` instead of optimising ``training_loss``.
     uses_gradients: ClassVar[bool] = True
+    # A model whose training step may leave some parameters without a gradient (e.g. sparse experts that no image
+    # of a batch chose) sets this True: distributed training must then search for them after every forward.
+    ddp_find_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, image_size: int, task_names: list[str], prompts: list[str] | None = None, **options: Any):
         super().__init__()

@@ -24,16 +24,6 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-# Methods whose training step may leave some parameters without a gradient, so that DistributedDataParallel must
-# search the autograd graph for unused parameters after every forward pass (``find_unused_parameters=True``, a
-# little slower). MTL-MAD's mixture of experts runs each expert only on the images routed to it: an expert that no
-# image of a rank's batch chose gets no gradient on that step (without the search, DDP stops at the next step).
-# All-in-One's experts are one grouped convolution that always runs all of them (the top-k weights only scale
-# their outputs), and every other method uses all its parameters on every step: they run without the search
-# (checked under 2-process gloo with the quick settings). A model can also say so itself with a class attribute
-# ``ddp_find_unused_parameters = True``.
-FIND_UNUSED_PARAMETERS = frozenset({"mtl"})
-
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -197,9 +187,11 @@ def broadcast_module(module: nn.Module, src: int = 0) -> None:
 
 
 def find_unused_parameters(model: nn.Module) -> bool:
-    """Whether ``DistributedDataParallel`` must look for parameters without a gradient after every forward."""
-    flag = getattr(model, "ddp_find_unused_parameters", None)
-    return bool(flag) if flag is not None else getattr(model, "name", None) in FIND_UNUSED_PARAMETERS
+    """Whether ``DistributedDataParallel`` must look for parameters without a gradient after every forward: the
+    model says so (``AnomalyModel.ddp_find_unused_parameters``; MTL-MAD's sparse experts). All-in-One's experts are
+    one grouped convolution that always runs all of them, so it, like every other method, skips the search (checked
+    under 2-process gloo with the quick settings)."""
+    return bool(getattr(model, "ddp_find_unused_parameters", False))
 
 
 class LossModule(nn.Module):
@@ -262,6 +254,6 @@ class ShardSampler:
         return self.n // self.world_size
 
 
-__all__ = ["DistInfo", "FIND_UNUSED_PARAMETERS", "LossModule", "ShardSampler", "all_gather_object", "all_reduce_sum",
+__all__ = ["DistInfo", "LossModule", "ShardSampler", "all_gather_object", "all_reduce_sum",
            "barrier", "broadcast_module", "broadcast_object", "check_batch_size", "device_for", "dist_info",
            "find_unused_parameters", "process_group", "rank_seed", "shuffle_generator"]

@@ -85,6 +85,8 @@ WEIGHT_SOURCES = ("pseudo", "validation")
 
 class MultiTaskLearner(AnomalyModel):
     name = "mtl"
+    # Each MoE expert runs only on the images routed to it: one that no image of a batch chose gets no gradient.
+    ddp_find_unused_parameters = True
     # CPU, 64 px: one universal model over the five embedded tasks in a few minutes.
     # Each training image is used by the three proxy tasks per step, so an epoch costs several AE epochs.
     QUICK: dict[str, Any] = {"epochs": 20, "batch_size": 32, "lr": 1e-3, "design": "unet",
