@@ -4,7 +4,8 @@ Like anomalib's ``torch_model.py``: ``model(images, task_ids)`` in eval mode ret
 with a per-pixel ``anomaly_map`` and a per-image ``pred_score`` (higher = more anomalous), plus optional
 ``extras`` (reconstruction, hallucination map, routing weights, per-task failure scores...). Training is kept
 apart in ``medad_edu.training``: the trainer only asks the model for ``training_loss(batch)``, a dict whose
-``"loss"`` entry is minimised, and calls the optional hooks below.
+``"loss"`` entry is minimised, and calls the optional hooks below; loading a checkpoint calls
+``check_checkpoint``.
 
 A model subclass declares:
 
@@ -96,3 +97,8 @@ class AnomalyModel(nn.Module):
 
         Must only read the ``train`` and ``valid`` splits, never ``test``.
         """
+
+    # --- loading hook (called by medad_edu.training.checkpoint.load_model) ------------------------------------
+    def check_checkpoint(self, state: dict[str, Any]) -> None:
+        """Called after the weights of checkpoint dict ``state`` are loaded: raise
+        ``medad_edu.checkpoint_io.CheckpointError`` (one line) if the model is unfit to use. Default: no check."""

@@ -38,6 +38,7 @@ from ..utils import atomic_write_json, seed_everything, to_plain
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, build_model, read_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .thresholds import choose_thresholds
 
 
 @dataclass
@@ -443,8 +444,6 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
     model.eval()
     with torch.no_grad():
         model.on_train_end(data, device)
-    from ..evaluation.thresholds import choose_thresholds
-
     thresholds = choose_thresholds(model, data, device, batch_size=cfg.batch_size)
     checkpoint(len(history) if not cls.uses_gradients else max(cfg.epochs, len(history)), complete=True,
                thresholds=thresholds, rank_states=rank_states)
