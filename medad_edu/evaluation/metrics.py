@@ -120,15 +120,22 @@ def _check_binary(y: np.ndarray, name: str) -> np.ndarray:
     return y.astype(bool)
 
 
-def _vector(x: Any, name: str) -> np.ndarray:
-    a = _to_numpy(x, name)
-    if a.ndim == 2 and a.shape[1] == 1:
+def _with_ndim(a: np.ndarray, name: str, ndim: int, accepted: str) -> np.ndarray:
+    """``a`` as a non-empty ``ndim``-d array: a singleton axis 1 of one more dimension is dropped ([N, 1] scores,
+    [N, 1, H, W] maps), a single [H, W] image gets the image axis; ``accepted`` names the shapes in the error."""
+    if a.ndim == ndim + 1 and a.shape[1] == 1:
         a = a[:, 0]
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional (one value per image), got shape {a.shape}")
+    elif ndim == 3 and a.ndim == 2:
+        a = a[None]
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must {accepted}; got shape {a.shape}")
     if a.size == 0:
-        raise ValueError(f"{name} is empty")
+        raise ValueError(f"{name} is empty (shape {a.shape})")
     return a
+
+
+def _vector(x: Any, name: str) -> np.ndarray:
+    return _with_ndim(_to_numpy(x, name), name, 1, "be one-dimensional (one value per image)")
 
 
 def _check_scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -143,15 +150,7 @@ def _check_scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarr
 
 def _image_stack(a: np.ndarray, name: str) -> np.ndarray:
     """Bring maps or masks to shape [N, H, W] (accepts [H, W], [N, H, W] and [N, 1, H, W])."""
-    if a.ndim == 4 and a.shape[1] == 1:
-        a = a[:, 0]
-    elif a.ndim == 2:
-        a = a[None]
-    if a.ndim != 3:
-        raise ValueError(f"{name} must have shape [N,H,W], [N,1,H,W] or [H,W]; got shape {a.shape}")
-    if a.size == 0:
-        raise ValueError(f"{name} is empty (shape {a.shape})")
-    return a
+    return _with_ndim(a, name, 3, "have shape [N,H,W], [N,1,H,W] or [H,W]")
 
 
 def _check_maps_masks(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,13 @@ import torch
 from torch import nn
 
 
+def check_image_size(image_size: int) -> int:
+    """The image side, if it is a positive multiple of 16 (every encoder halves it four times); else ValueError."""
+    if image_size % 16 != 0 or image_size < 16:
+        raise ValueError(f"image_size must be a positive multiple of 16; got {image_size}")
+    return int(image_size)
+
+
 @dataclass
 class AnomalyResult:
     """Inference output: ``anomaly_map`` [B, 1, H, W] and ``pred_score`` [B], plus method-specific extras."""
@@ -49,8 +56,7 @@ class AnomalyModel(nn.Module):
 
     def __init__(self, image_size: int, task_names: list[str], prompts: list[str] | None = None, **options: Any):
         super().__init__()
-        if image_size % 16 != 0 or image_size < 16:
-            raise ValueError(f"image_size must be a positive multiple of 16; got {image_size}")
+        check_image_size(image_size)
         if not task_names:
             raise ValueError("task_names must name at least one task")
         self.image_size = int(image_size)
