@@ -1,4 +1,5 @@
-"""Small shared helpers: device choice, seeding, atomic file writes, version stamps, safe checkpoint loading."""
+"""Small shared helpers: device choice, seeding, atomic file writes, version stamps, safe checkpoint loading,
+peak memory."""
 from __future__ import annotations
 
 import collections
@@ -28,6 +29,26 @@ def get_device(name: str = "auto") -> torch.device:
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RuntimeError("device 'mps' requested but Apple MPS is not available on this machine")
     return torch.device(name)
+
+
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """``(MiB, what was measured)``: CUDA's peak allocation on a CUDA device, else the process's resident-set
+    high-water mark (Linux ``VmHWM``, which ``/proc/self/clear_refs`` can reset; elsewhere ``ru_maxrss``)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA max allocated"
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024, "process RSS high-water mark"  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process max RSS (not reset per run)"
+    except ImportError:  # pragma: no cover - not Unix
+        return float("nan"), "unavailable"
 
 
 def seed_everything(seed: int) -> None:

@@ -54,6 +54,57 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
+def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    """``value`` as an int if it is a whole number in ``[lo, hi]`` (no upper bound if ``hi`` is None)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        allowed = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+    return int(value)
+
+
+# ------------------------------------------------------------------------- the generators' public API
+
+# Image sides the generators render (phantoms and real anatomy).
+MIN_SIZE, MAX_SIZE = 32, 512
+
+# ``generate(task, n, size, seed, stream)``: n normal images [n, size, size] float32 in [0, 1].
+Generate = Callable[[str, int, int, int, int], np.ndarray]
+
+
+def lesioned(task: str, task_code: int, images, seed, severity) -> tuple[np.ndarray, np.ndarray]:
+    """``add_lesions`` of a generator whose images are seeded with ``task_code``."""
+    seed = check_seed(seed)
+    arr, _ = check_images(images)
+    return apply_lesions(task, images, image_seeds(task_code, STREAM_LESION, seed, arr.shape[0]), severity)
+
+
+def normal_images(generate: Generate, task: str, n, size, seed) -> np.ndarray:
+    """``make_normal`` of a generator: arguments checked, then ``n`` normal images."""
+    n = check_int("n", n, 0)
+    size = check_int("size", size, MIN_SIZE, MAX_SIZE)
+    seed = check_seed(seed)
+    return generate(task, n, size, seed, STREAM_NORMAL)
+
+
+def labelled_split(generate: Generate, task: str, task_code: int, n_normal, n_abnormal, size,
+                   seed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``make_split`` of a generator: normals first, then abnormals made from their own normal images (a separate
+    seed stream, so they are not lesioned copies of the normals) plus a lesion."""
+    n_normal = check_int("n_normal", n_normal, 0)
+    n_abnormal = check_int("n_abnormal", n_abnormal, 0)
+    size = check_int("size", size, MIN_SIZE, MAX_SIZE)
+    seed = check_seed(seed)
+    normal = generate(task, n_normal, size, seed, STREAM_NORMAL)
+    base = generate(task, n_abnormal, size, seed, STREAM_ABNORMAL_BASE)
+    abn, masks = lesioned(task, task_code, base, seed, None)
+    images = np.concatenate([normal, abn]).astype(np.float32, copy=False)
+    labels = np.concatenate([np.zeros(n_normal, np.int64), np.ones(n_abnormal, np.int64)])
+    all_masks = np.concatenate([np.zeros(normal.shape, np.uint8), masks])
+    return images, labels, all_masks
+
+
 # --------------------------------------------------------------------------------------------- geometry
 
 

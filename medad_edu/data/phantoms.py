@@ -59,7 +59,7 @@ from .lesions import TASK_CODES, grid, interp_matrix
 
 TASKS: tuple[str, ...] = ("chest_xray", "brain_mri", "fundus", "breast_us", "head_ct")
 
-MIN_SIZE, MAX_SIZE = 32, 512
+MIN_SIZE, MAX_SIZE = _les.MIN_SIZE, _les.MAX_SIZE
 _MIN_RENDER = 64  # smaller images are rendered at a multiple >= this and averaged down
 
 
@@ -70,15 +70,6 @@ def _check_task(task) -> str:
     if not isinstance(task, str) or task not in TASKS:
         raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
     return task
-
-
-def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be in {rng}, got {value}")
-    return int(value)
 
 
 # --------------------------------------------------------------------------------------- primitives
@@ -922,11 +913,7 @@ def _generate(task: str, n: int, size: int, seed: int, stream: int) -> np.ndarra
 
 def make_normal(task: str, n: int, size: int = 64, seed: int = 0) -> np.ndarray:
     """``n`` normal images of ``task``: float32 [n, size, size] in [0, 1]. Deterministic in all arguments."""
-    task = _check_task(task)
-    n = _check_int("n", n, 0)
-    size = _check_int("size", size, MIN_SIZE, MAX_SIZE)
-    seed = _les.check_seed(seed)
-    return _generate(task, n, size, seed, _les.STREAM_NORMAL)
+    return _les.normal_images(_generate, _check_task(task), n, size, seed)
 
 
 def add_lesions(task: str, images: np.ndarray, seed: int = 0,
@@ -938,10 +925,7 @@ def add_lesions(task: str, images: np.ndarray, seed: int = 0,
     from subtle to obvious. Placement and shape depend only on (task, seed, image index, image content).
     """
     task = _check_task(task)
-    seed = _les.check_seed(seed)
-    arr, _ = _les.check_images(images)
-    seeds = _les.image_seeds(TASK_CODES[task], _les.STREAM_LESION, seed, arr.shape[0])
-    return _les.apply_lesions(task, images, seeds, severity)
+    return _les.lesioned(task, TASK_CODES[task], images, seed, severity)
 
 
 def make_split(task: str, n_normal: int, n_abnormal: int, size: int = 64,
@@ -952,14 +936,4 @@ def make_split(task: str, n_normal: int, n_abnormal: int, size: int = 64,
     they are not lesioned copies of the normals in the same split) and then get a lesion.
     """
     task = _check_task(task)
-    n_normal = _check_int("n_normal", n_normal, 0)
-    n_abnormal = _check_int("n_abnormal", n_abnormal, 0)
-    size = _check_int("size", size, MIN_SIZE, MAX_SIZE)
-    seed = _les.check_seed(seed)
-    normal = _generate(task, n_normal, size, seed, _les.STREAM_NORMAL)
-    base = _generate(task, n_abnormal, size, seed, _les.STREAM_ABNORMAL_BASE)
-    abn, masks = add_lesions(task, base, seed=seed)
-    images = np.concatenate([normal, abn]).astype(np.float32, copy=False)
-    labels = np.concatenate([np.zeros(n_normal, np.int64), np.ones(n_abnormal, np.int64)])
-    all_masks = np.concatenate([np.zeros_like(normal, dtype=np.uint8), masks])
-    return images, labels, all_masks
+    return _les.labelled_split(_generate, task, TASK_CODES[task], n_normal, n_abnormal, size, seed)

@@ -59,7 +59,7 @@ ALL_TASKS: tuple[str, ...] = ("chest_xray", "brain_mri", "fundus", "breast_us", 
 
 # Seed codes differ from the phantoms' so the two sets never share random streams.
 _CODES = {t: 100 + c for t, c in _les.TASK_CODES.items()}
-MIN_SIZE, MAX_SIZE = 32, 512
+MIN_SIZE, MAX_SIZE = _les.MIN_SIZE, _les.MAX_SIZE
 
 
 # ------------------------------------------------------------------------------------- where files are
@@ -119,14 +119,6 @@ def _check_task(task) -> str:
     if path is None:
         raise ValueError(f"real-anatomy task {task!r} is not available here: {why}")
     return task
-
-
-def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}" if hi else f"{name} must be >= {lo}")
-    return int(value)
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -271,6 +263,16 @@ def _at_level(c: float, f: int) -> float:
     return (c - 0.5 * (f - 1)) / f
 
 
+def _framing(rng: np.random.Generator, full: int, half_range: tuple[float, float],
+             shift: float) -> tuple[float, float, float]:
+    """A random view of a square source ``full`` pixels wide: (half its width, centre y, centre x) in source
+    pixels; the half width is a fraction in ``half_range`` of ``full``, the centre moves by up to ``shift``."""
+    half_full = rng.uniform(*half_range) * full
+    cy = full / 2 + rng.uniform(-shift, shift) * full
+    cx = full / 2 + rng.uniform(-shift, shift) * full
+    return half_full, cy, cx
+
+
 def _one(task: str, src: dict, S: int, rng: np.random.Generator, noise_rng: np.random.Generator) -> np.ndarray:
     rot = np.deg2rad(rng.uniform(-1, 1))
     warp = 0.0
@@ -289,10 +291,7 @@ def _one(task: str, src: dict, S: int, rng: np.random.Generator, noise_rng: np.r
         img = img * (1 + rng.uniform(0.0, 0.06) * _field(rng, S, 3))
         return img + rng.uniform(0.005, 0.02) * noise_rng.standard_normal((S, S), dtype=np.float32)
     if task == "fundus":
-        full = src["levels"][0].shape[0]
-        half_full = rng.uniform(0.5, 0.56) * full
-        cy = full / 2 + rng.uniform(-0.03, 0.03) * full
-        cx = full / 2 + rng.uniform(-0.03, 0.03) * full
+        half_full, cy, cx = _framing(rng, src["levels"][0].shape[0], (0.5, 0.56), 0.03)
         rot *= 20
         flip = rng.random() < 0.5  # left or right eye
         level, f = _pick_level(src["levels"], 2 * half_full / S)
@@ -303,10 +302,7 @@ def _one(task: str, src: dict, S: int, rng: np.random.Generator, noise_rng: np.r
         img = img * (1 + rng.uniform(0.02, 0.1) * _field(rng, S, 3))
         return (img + rng.uniform(0.005, 0.02) * noise_rng.standard_normal((S, S), dtype=np.float32)) * fov
     if task == "head_ct":
-        full = src["levels"][0].shape[0]
-        half_full = rng.uniform(0.42, 0.52) * full
-        cy = full / 2 + rng.uniform(-0.04, 0.04) * full
-        cx = full / 2 + rng.uniform(-0.04, 0.04) * full
+        half_full, cy, cx = _framing(rng, src["levels"][0].shape[0], (0.42, 0.52), 0.04)
         rot *= 15
         flip = rng.random() < 0.5
         level, f = _pick_level(src["levels"], 2 * half_full / S)
@@ -319,12 +315,9 @@ def _one(task: str, src: dict, S: int, rng: np.random.Generator, noise_rng: np.r
         level_w, width_w = rng.uniform(32, 45), rng.uniform(70, 100)
         return (hu - (level_w - width_w / 2)) / width_w
     if task == "brain_mri":
-        N0 = src["levels"][0].shape[-1]
         nz = src["levels"][0].shape[1]
         z = rng.uniform(0, nz - 1)
-        half_full = rng.uniform(0.5, 0.6) * N0
-        cy = N0 / 2 + rng.uniform(-0.04, 0.04) * N0
-        cx = N0 / 2 + rng.uniform(-0.04, 0.04) * N0
+        half_full, cy, cx = _framing(rng, src["levels"][0].shape[-1], (0.5, 0.6), 0.04)
         rot *= 12
         flip = rng.random() < 0.5
         tissue, f = _pick_level(src["levels"], 2 * half_full / S)
@@ -374,21 +367,14 @@ def _generate(task: str, n: int, size: int, seed: int, stream: int) -> np.ndarra
 
 def make_normal(task: str, n: int, size: int = 64, seed: int = 0) -> np.ndarray:
     """``n`` normal images of ``task`` from real anatomy: float32 [n, size, size] in [0, 1]."""
-    task = _check_task(task)
-    n = _check_int("n", n, 0)
-    size = _check_int("size", size, MIN_SIZE, MAX_SIZE)
-    seed = _les.check_seed(seed)
-    return _generate(task, n, size, seed, _les.STREAM_NORMAL)
+    return _les.normal_images(_generate, _check_task(task), n, size, seed)
 
 
 def add_lesions(task: str, images: np.ndarray, seed: int = 0,
                 severity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Same lesions and contract as :func:`medad_edu.data.phantoms.add_lesions`."""
     task = _check_task(task)
-    seed = _les.check_seed(seed)
-    arr, _ = _les.check_images(images)
-    seeds = _les.image_seeds(_CODES[task], _les.STREAM_LESION, seed, arr.shape[0])
-    return _les.apply_lesions(task, images, seeds, severity)
+    return _les.lesioned(task, _CODES[task], images, seed, severity)
 
 
 def make_split(task: str, n_normal: int, n_abnormal: int, size: int = 64,
@@ -396,14 +382,4 @@ def make_split(task: str, n_normal: int, n_abnormal: int, size: int = 64,
     """(images float32 [N,S,S], labels int64 [N], masks uint8 [N,S,S]); normals first, then abnormals made
     from their own normal images (a separate seed stream) plus a lesion."""
     task = _check_task(task)
-    n_normal = _check_int("n_normal", n_normal, 0)
-    n_abnormal = _check_int("n_abnormal", n_abnormal, 0)
-    size = _check_int("size", size, MIN_SIZE, MAX_SIZE)
-    seed = _les.check_seed(seed)
-    normal = _generate(task, n_normal, size, seed, _les.STREAM_NORMAL)
-    base = _generate(task, n_abnormal, size, seed, _les.STREAM_ABNORMAL_BASE)
-    abn, masks = add_lesions(task, base, seed=seed)
-    images = np.concatenate([normal, abn]).astype(np.float32, copy=False)
-    labels = np.concatenate([np.zeros(n_normal, np.int64), np.ones(n_abnormal, np.int64)])
-    all_masks = np.concatenate([np.zeros(normal.shape, np.uint8), masks])
-    return images, labels, all_masks
+    return _les.labelled_split(_generate, task, _CODES[task], n_normal, n_abnormal, size, seed)

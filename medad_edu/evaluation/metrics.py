@@ -53,10 +53,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
+
+from ..ranking import RankCounts  # the exact counting core shared by all metrics
 
 __all__ = [
     "UndefinedMetricWarning",
@@ -118,15 +120,22 @@ def _check_binary(y: np.ndarray, name: str) -> np.ndarray:
     return y.astype(bool)
 
 
-def _vector(x: Any, name: str) -> np.ndarray:
-    a = _to_numpy(x, name)
-    if a.ndim == 2 and a.shape[1] == 1:
+def _with_ndim(a: np.ndarray, name: str, ndim: int, accepted: str) -> np.ndarray:
+    """``a`` as a non-empty ``ndim``-d array: a singleton axis 1 of one more dimension is dropped ([N, 1] scores,
+    [N, 1, H, W] maps), a single [H, W] image gets the image axis; ``accepted`` names the shapes in the error."""
+    if a.ndim == ndim + 1 and a.shape[1] == 1:
         a = a[:, 0]
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional (one value per image), got shape {a.shape}")
+    elif ndim == 3 and a.ndim == 2:
+        a = a[None]
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must {accepted}; got shape {a.shape}")
     if a.size == 0:
-        raise ValueError(f"{name} is empty")
+        raise ValueError(f"{name} is empty (shape {a.shape})")
     return a
+
+
+def _vector(x: Any, name: str) -> np.ndarray:
+    return _with_ndim(_to_numpy(x, name), name, 1, "be one-dimensional (one value per image)")
 
 
 def _check_scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -141,15 +150,7 @@ def _check_scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarr
 
 def _image_stack(a: np.ndarray, name: str) -> np.ndarray:
     """Bring maps or masks to shape [N, H, W] (accepts [H, W], [N, H, W] and [N, 1, H, W])."""
-    if a.ndim == 4 and a.shape[1] == 1:
-        a = a[:, 0]
-    elif a.ndim == 2:
-        a = a[None]
-    if a.ndim != 3:
-        raise ValueError(f"{name} must have shape [N,H,W], [N,1,H,W] or [H,W]; got shape {a.shape}")
-    if a.size == 0:
-        raise ValueError(f"{name} is empty (shape {a.shape})")
-    return a
+    return _with_ndim(a, name, 3, "have shape [N,H,W], [N,1,H,W] or [H,W]")
 
 
 def _check_maps_masks(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -178,92 +179,6 @@ def _warn_undefined(metric: str, n_pos: int, n_neg: int, what: str = "samples") 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Exact counting core shared by all metrics
-# ----------------------------------------------------------------------------------------------------------
-class _Counts:
-    """Counts of a two-class score set at every distinct abnormal score ``u`` (ascending).
-
-    ``neg`` (normal scores) is sorted once; the abnormal scores are sorted and grouped by value. For each
-    distinct abnormal value ``u``: ``cnt`` abnormal samples equal ``u``, ``tp`` abnormal samples are ``>= u``,
-    ``neg_lt`` / ``neg_eq`` normal samples are ``< u`` / ``== u``. Every threshold that can maximise F1, and every
-    step of the ROC, PR and PRO curves along the recall axis, is one of these values.
-    """
-
-    def __init__(self, pos: np.ndarray, neg: np.ndarray, pos_weights: Optional[np.ndarray] = None):
-        neg = np.sort(neg)  # ascending copy
-        if pos_weights is None:
-            order = None
-            pos = np.sort(pos)
-        else:
-            order = np.argsort(pos, kind="stable")
-            pos = pos[order]
-        self.neg = neg
-        self.n_pos = int(pos.size)
-        self.n_neg = int(neg.size)
-        if self.n_pos:
-            starts = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1]])
-            self.u = pos[starts]
-            self.cnt = np.diff(np.r_[starts, pos.size]).astype(np.int64)
-            self.tp = self.n_pos - starts.astype(np.int64)
-            left = np.searchsorted(neg, self.u, side="left").astype(np.int64)
-            right = np.searchsorted(neg, self.u, side="right").astype(np.int64)
-            self.neg_lt = left
-            self.neg_eq = right - left
-            self.fp = self.n_neg - left
-            self.w = None if order is None else np.add.reduceat(pos_weights[order], starts)
-        else:
-            self.u = pos
-            self.cnt = self.tp = self.neg_lt = self.neg_eq = self.fp = np.zeros(0, np.int64)
-            self.w = None
-
-    def auroc(self) -> float:
-        # Mann-Whitney: sum over abnormal samples of (#normal below + 1/2 #normal tied), exact in integers.
-        num = int(np.sum(self.cnt * (2 * self.neg_lt + self.neg_eq), dtype=np.int64))
-        return num / (2.0 * self.n_pos * self.n_neg)
-
-    def average_precision(self) -> float:
-        # sum over thresholds of (recall step) * precision; recall only steps at abnormal values.
-        precision = self.tp / (self.tp + self.fp)
-        return float(np.sum(self.cnt * precision) / self.n_pos)
-
-    def f1_max(self) -> tuple[float, float]:
-        # F1 = 2TP / (2TP + FP + FN) = 2TP / (TP + FP + P); equal ratios of integers give equal floats, so ties
-        # are exact; np.argmax picks the first = lowest threshold among ties.
-        f1 = 2.0 * self.tp / (self.tp + self.fp + self.n_pos)
-        i = int(np.argmax(f1))
-        return float(f1[i]), float(self.u[i])
-
-    def partial_weighted_auc(self, fpr_limit: float) -> float:
-        """Area under (FPR, sum of weights of abnormal samples >= t) up to ``fpr_limit``, divided by it.
-
-        The curve is piecewise linear through the points of all distinct thresholds, starting at (0, 0), as a
-        trapezoidal ROC; at ``fpr_limit`` it is interpolated linearly.
-        """
-        n = self.n_neg
-        w = self.w
-        m = min(int(math.floor(fpr_limit * n)), n)
-        if m >= n:  # the whole curve is inside the limit
-            area = float(np.sum(w * (self.neg_lt + 0.5 * self.neg_eq))) / n
-            return area / fpr_limit
-        # t*: the highest threshold whose FPR exceeds the limit (the (m+1)-th largest normal score).
-        t_star = self.neg[n - 1 - m]
-        n_le = int(np.searchsorted(self.neg, t_star, side="right"))  # normals <= t*
-        n_lt = int(np.searchsorted(self.neg, t_star, side="left"))  # normals < t*
-        a = (n - n_le) / n  # FPR just above t*
-        b = (n - n_lt) / n  # FPR at t*  (> fpr_limit)
-        above = self.u > t_star
-        # each abnormal value u > t* keeps its weight for the normals in (t*, u) and half of those tied with u
-        width = (self.neg_lt[above] - n_le) + 0.5 * self.neg_eq[above]
-        area = float(np.sum(w[above] * width)) / n
-        # the segment of the tie group at t*, from FPR a (height p_a) to b (height p_a + dp), cut at fpr_limit
-        p_a = float(np.sum(w[above]))
-        dp = float(np.sum(w[self.u == t_star]))
-        x = min(max(fpr_limit - a, 0.0), b - a)
-        area += x * p_a + dp * x * x / (2.0 * (b - a))
-        return area / fpr_limit
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Image-level metrics
 # ----------------------------------------------------------------------------------------------------------
 def image_auroc(scores: Any, labels: Any) -> float:
@@ -285,7 +200,7 @@ def image_auroc(scores: Any, labels: Any) -> float:
     s, y = _check_scores_labels(scores, labels)
     if _warn_undefined("image AUROC", int(y.sum()), int((~y).sum()), "images"):
         return float("nan")
-    return _Counts(s[y], s[~y]).auroc()
+    return RankCounts(s[y], s[~y]).auroc()
 
 
 def average_precision(scores: Any, labels: Any) -> float:
@@ -304,7 +219,7 @@ def average_precision(scores: Any, labels: Any) -> float:
     s, y = _check_scores_labels(scores, labels)
     if _warn_undefined("average precision", int(y.sum()), int((~y).sum()), "images"):
         return float("nan")
-    return _Counts(s[y], s[~y]).average_precision()
+    return RankCounts(s[y], s[~y]).average_precision()
 
 
 def f1_max(scores: Any, labels: Any) -> tuple[float, float]:
@@ -323,7 +238,7 @@ def f1_max(scores: Any, labels: Any) -> tuple[float, float]:
     s, y = _check_scores_labels(scores, labels)
     if _warn_undefined("F1", int(y.sum()), int((~y).sum()), "images"):
         return float("nan"), float("nan")
-    return _Counts(s[y], s[~y]).f1_max()
+    return RankCounts(s[y], s[~y]).f1_max()
 
 
 def accuracy_at_threshold(scores: Any, labels: Any, threshold: float) -> float:
@@ -358,7 +273,7 @@ def image_metrics(scores: Any, labels: Any) -> dict:
     if _warn_undefined("image AUROC, AP, F1 and ACC at the F1-max threshold", int(y.sum()), int((~y).sum()), "images"):
         nan = float("nan")
         return {"image_auroc": nan, "ap": nan, "f1": nan, "acc": nan, "threshold": nan}
-    c = _Counts(s[y], s[~y])
+    c = RankCounts(s[y], s[~y])
     f1, thr = c.f1_max()
     return {
         "image_auroc": float(c.auroc()),
@@ -395,9 +310,9 @@ def _region_weights(masks: np.ndarray, connectivity: int) -> np.ndarray:
     return 1.0 / (n_regions * sizes[lab])
 
 
-def _pixel_counts(m: np.ndarray, g: np.ndarray, weights: bool, connectivity: int = 8) -> _Counts:
+def _pixel_counts(m: np.ndarray, g: np.ndarray, weights: bool, connectivity: int = 8) -> RankCounts:
     w = _region_weights(g, connectivity) if weights else None
-    return _Counts(m[g], m[~g], w)
+    return RankCounts(m[g], m[~g], w)
 
 
 def pixel_auroc(maps: Any, masks: Any) -> float:

@@ -8,6 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..ranking import auroc
+
 
 def _np(x) -> np.ndarray:
     if hasattr(x, "detach"):
@@ -269,7 +271,8 @@ def roc_plot(curves: dict, ax=None, title: str = "ROC"):
         _, ax = plt.subplots(figsize=(3.2, 3.2))
     for name, (scores, labels) in curves.items():
         fpr, tpr = roc_curve_points(scores, labels)
-        ax.plot(fpr, tpr, label=f"{name} ({np.trapezoid(tpr, fpr):.3f})")
+        scores, abnormal = _np(scores).astype(float).ravel(), _np(labels).astype(int).ravel() == 1
+        ax.plot(fpr, tpr, label=f"{name} ({auroc(scores[abnormal], scores[~abnormal]):.3f})")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")

@@ -4,7 +4,8 @@ Like anomalib's ``torch_model.py``: ``model(images, task_ids)`` in eval mode ret
 with a per-pixel ``anomaly_map`` and a per-image ``pred_score`` (higher = more anomalous), plus optional
 ``extras`` (reconstruction, hallucination map, routing weights, per-task failure scores...). Training is kept
 apart in ``medad_edu.training``: the trainer only asks the model for ``training_loss(batch)``, a dict whose
-``"loss"`` entry is minimised, and calls the optional hooks below.
+``"loss"`` entry is minimised, and calls the optional hooks below; loading a checkpoint calls
+``check_checkpoint``.
 
 A model subclass declares:
 
@@ -24,6 +25,13 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+
+def check_image_size(image_size: int) -> int:
+    """The image side, if it is a positive multiple of 16 (every encoder halves it four times); else ValueError."""
+    if image_size % 16 != 0 or image_size < 16:
+        raise ValueError(f"image_size must be a positive multiple of 16; got {image_size}")
+    return int(image_size)
 
 
 @dataclass
@@ -48,8 +56,7 @@ class AnomalyModel(nn.Module):
 
     def __init__(self, image_size: int, task_names: list[str], prompts: list[str] | None = None, **options: Any):
         super().__init__()
-        if image_size % 16 != 0 or image_size < 16:
-            raise ValueError(f"image_size must be a positive multiple of 16; got {image_size}")
+        check_image_size(image_size)
         if not task_names:
             raise ValueError("task_names must name at least one task")
         self.image_size = int(image_size)
@@ -96,3 +103,8 @@ class AnomalyModel(nn.Module):
 
         Must only read the ``train`` and ``valid`` splits, never ``test``.
         """
+
+    # --- loading hook (called by medad_edu.training.checkpoint.load_model) ------------------------------------
+    def check_checkpoint(self, state: dict[str, Any]) -> None:
+        """Called after the weights of checkpoint dict ``state`` are loaded: raise
+        ``medad_edu.checkpoint_io.CheckpointError`` (one line) if the model is unfit to use. Default: no check."""

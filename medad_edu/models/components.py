@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import check_image_size
+
 LOGVAR_RANGE = (-10.0, 4.0)  # default range of a predicted log-variance: exp(-s) stays finite in float32 and bf16
 
 
@@ -73,8 +75,7 @@ class ConvEncoder(nn.Module):
     def __init__(self, image_size: int, in_channels: int = 1, channels: Sequence[int] = (16, 32, 64, 64),
                  hidden: int = 2048, latent: int = 16):
         super().__init__()
-        if image_size % 16:
-            raise ValueError(f"image_size must be a multiple of 16; got {image_size}")
+        check_image_size(image_size)
         chans = [in_channels, *channels]
         self.conv = nn.Sequential(*[conv_block(a, b) for a, b in zip(chans[:-1], chans[1:])])
         self.grid = image_size // 2 ** len(channels)

@@ -35,6 +35,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
+from ..training.trainer import optimizer_step
 from ..utils import get_device
 from .policy import ReasoningPolicy, sequence_mask
 from .rewards import REWARD_WEIGHTS, RewardBreakdown, score_outputs
@@ -151,11 +152,7 @@ def grpo_update(policy, rollout: Rollout, optimizer: torch.optim.Optimizer, conf
                             config.clip_eps, config.beta)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"GRPO loss is {float(loss)}")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if config.grad_clip:
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
-    optimizer.step()
+    optimizer_step(loss, optimizer, policy.parameters(), config.grad_clip)
     return stats
 
 

@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from ..training.trainer import optimizer_step
 from ..utils import atomic_torch_save, get_device, to_plain
 from .policy import ReasoningPolicy, policy_from_config, sequence_mask
 from .vqa import VQASet
@@ -79,11 +80,7 @@ def train_sft(policy: ReasoningPolicy, train_set: VQASet, config: SFTConfig = SF
             loss = sft_loss(policy, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"SFT loss is {float(loss)} at epoch {epoch}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
-            opt.step()
+            optimizer_step(loss, opt, policy.parameters(), config.grad_clip)
             total += float(loss.detach()) * len(batch["qtype"])
             n += len(batch["qtype"])
         row = {"epoch": epoch, "train_loss": total / n, "seconds": time.perf_counter() - t0}

@@ -12,24 +12,18 @@ tensor.
 """
 from __future__ import annotations
 
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+# The error type and the safe read live below the models (models raise and read with them); re-exported here.
+from ..checkpoint_io import (CHECKPOINT_NAME, FORMAT_VERSION, REQUIRED_KEYS, CheckpointError, first_error_line,
+                             load_plain, read_checkpoint)
 from ..models.base import AnomalyModel
 from ..models.registry import get_method
-from ..utils import atomic_torch_save, safe_torch_load, to_plain, versions
-
-CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT_VERSION = 1
-REQUIRED_KEYS = ("method", "init_args", "model_state", "epoch", "complete", "config")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or does not match what is asked of it."""
+from ..utils import atomic_torch_save, to_plain, versions
 
 
 def save_checkpoint(run_dir: str | Path, model: AnomalyModel, optimizer: torch.optim.Optimizer | None,
@@ -52,60 +46,6 @@ def save_checkpoint(run_dir: str | Path, model: AnomalyModel, optimizer: torch.o
     }
     atomic_torch_save(state, path)
     return path
-
-
-_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
-
-
-def _first_line(err: BaseException) -> str:
-    """The informative line of an exception (torch's weights_only refusal wraps it in a page of advice)."""
-    if isinstance(err, EOFError):
-        return "the file is empty or truncated"
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    lines = [ln.split("WeightsUnpickler error:", 1)[-1].strip() for ln in lines]
-    useful = [ln for ln in lines if ln and not ln.startswith(_TORCH_ADVICE)]
-    line = (useful or lines or [type(err).__name__])[0]
-    if len(line) > 160 and ". " in line:  # keep the first sentence of a long explanation
-        line = line.split(". ", 1)[0] + "."
-    return line if len(line) <= 300 else line[:297] + "..."
-
-
-def load_plain(path: str | Path) -> Any:
-    """``torch.load(path, weights_only=True)`` onto the CPU; any failure is a one-line ``CheckpointError``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        return safe_torch_load(path, map_location="cpu")
-    except Exception as err:
-        detail = _first_line(err)
-        if isinstance(err, pickle.UnpicklingError) and "global" in detail.lower():
-            raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain data, "
-                                  f"which could run code when unpickled; not a medad-edu checkpoint "
-                                  f"({detail})") from err
-        raise CheckpointError(f"{path}: unreadable checkpoint ({detail})") from err
-
-
-def read_checkpoint(run_dir: str | Path) -> dict[str, Any]:
-    """Read a run's checkpoint safely (``weights_only=True``) and check that it is one of ours."""
-    run_dir = Path(run_dir)
-    path = run_dir / CHECKPOINT_NAME if run_dir.is_dir() else run_dir
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no checkpoint (train first: medad-edu train --out {run_dir})")
-    state = load_plain(path)
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: not a medad-edu checkpoint of format {FORMAT_VERSION}")
-    missing = [k for k in REQUIRED_KEYS if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: not a complete medad-edu checkpoint (missing {', '.join(missing)})")
-    if not isinstance(state["init_args"], dict) or not isinstance(state["config"], dict):
-        raise CheckpointError(f"{path}: not a medad-edu checkpoint (init_args and config must be dicts)")
-    state.setdefault("optimizer_state", None)
-    state.setdefault("history", [])
-    state.setdefault("thresholds", {})
-    state.setdefault("versions", {})
-    state.setdefault("extra", {})
-    return state
 
 
 def build_model(state: dict[str, Any], where: str | Path = "checkpoint") -> AnomalyModel:
@@ -166,10 +106,8 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu",
         model.load_state_dict(state["model_state"])
     except (RuntimeError, TypeError, KeyError, AttributeError) as err:
         raise CheckpointError(f"{run_dir}: weights do not fit the {state['method']} model "
-                              f"built from the stored arguments ({_first_line(err)})") from err
-    check = getattr(model, "check_checkpoint", None)
-    if check is not None:  # e.g. All-in-One checks the prompt encoder identity
-        check(state)
+                              f"built from the stored arguments ({first_error_line(err)})") from err
+    model.check_checkpoint(state)  # e.g. All-in-One checks the prompt encoder identity
     model.to(device).eval()
     return model, state
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..models.base import check_image_size
+
 # The All-in-One paper's Sec. 4.3: 256x256, 250 epochs, Adam lr 5e-4, batch 64.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"image_size": 64, "epochs": 20, "batch_size": 32, "lr": 1e-3, "sizes": "quick", "amp": False},
@@ -78,8 +80,7 @@ def make_config(method: str, config: str = "quick", options: dict[str, Any] | No
         raise ValueError(f"epochs must be >= 1; got {cfg.epochs}")
     if cfg.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {cfg.batch_size}")
-    if cfg.image_size % 16 or cfg.image_size < 16:
-        raise ValueError(f"image_size must be a positive multiple of 16; got {cfg.image_size}")
+    check_image_size(cfg.image_size)
     if not cfg.lr > 0:
         raise ValueError(f"lr must be > 0; got {cfg.lr}")
     return cfg

@@ -34,10 +34,11 @@ from ..data import MultiTaskData, load_data
 from ..data.batches import iterate_batches, split_tensors
 from ..models.base import AnomalyModel
 from ..models.registry import get_method
-from ..utils import atomic_write_json, seed_everything, to_plain
+from ..utils import atomic_write_json, peak_memory, seed_everything, to_plain
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, build_model, read_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .thresholds import choose_thresholds
 
 
 @dataclass
@@ -59,15 +60,14 @@ class TrainResult:
         return imgs / compute if compute > 0 else float("nan")
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    except Exception:  # pragma: no cover - non-Unix
-        return float("nan")
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters, grad_clip: float | None) -> None:
+    """One gradient step on ``loss``: clear the gradients, backpropagate, clip their norm to ``grad_clip`` (none if
+    0 or None), step. Shared by this loop and the reasoning trainers (SFT, GRPO)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
 
 
 def _duration(seconds: float) -> str:
@@ -396,11 +396,7 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
                     raise FloatingPointError(
                         f"{cfg.method}: non-finite loss term(s) {bad} at epoch {epoch + 1}, step {steps + 1}"
                         f"{where}; try a lower --lr (now {cfg.lr}) or check the input images for NaN")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
+                optimizer_step(loss, optimizer, params, cfg.grad_clip)
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
             n_images += len(batch["image"])
@@ -415,7 +411,7 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
             sums = {k: v / info.world_size for k, v in zip(keys, totals[1:])}
         entry = {"epoch": epoch + 1, "images": n_images, "seconds": seconds, "data_wait_seconds": wait,
                  "images_per_second": n_images / max(seconds - wait, 1e-9),
-                 "peak_memory_mb": _peak_memory_mb(device),
+                 "peak_memory_mb": peak_memory(device)[0],
                  **{k: v / max(steps, 1) for k, v in sums.items()}}
         if info.enabled:  # seconds, waiting and memory are rank 0's; images and losses are global
             entry["world_size"] = info.world_size
@@ -443,8 +439,6 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
     model.eval()
     with torch.no_grad():
         model.on_train_end(data, device)
-    from ..evaluation.thresholds import choose_thresholds
-
     thresholds = choose_thresholds(model, data, device, batch_size=cfg.batch_size)
     checkpoint(len(history) if not cls.uses_gradients else max(cfg.epochs, len(history)), complete=True,
                thresholds=thresholds, rank_states=rank_states)
@@ -485,4 +479,4 @@ def load_or_train(cfg: TrainConfig, run_dir: str | Path, data: MultiTaskData | N
 
 
 __all__ = ["RESUME_SETTINGS", "RunInUseError", "TrainResult", "build_model", "config_differences", "load_or_train",
-           "train"]
+           "optimizer_step", "train"]

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...checkpoint_io import CheckpointError
 from ..base import AnomalyModel, AnomalyResult
 from ..components import ConvEncoder, bounded_logvar
 from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, check_pooling, pool_map
@@ -174,8 +175,6 @@ class AllInOne(AnomalyModel):
 
     def check_checkpoint(self, state: dict[str, Any]) -> None:
         """Called by ``load_model``: the stored prompt features must belong to these prompts and be complete."""
-        from ...training.checkpoint import CheckpointError
-
         extra = state["model_state"].get("_extra_state", {})
         if extra.get("prompts") != list(self.prompts):
             raise CheckpointError(f"checkpoint prompts {extra.get('prompts')} differ from {self.prompts}")

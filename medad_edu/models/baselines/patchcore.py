@@ -169,7 +169,7 @@ def _source_encoder(source: dict[str, Any]) -> tuple[nn.Module, str]:
 
 
 def _read_run(path: str) -> dict[str, Any]:
-    from ...training.checkpoint import read_checkpoint
+    from ...checkpoint_io import read_checkpoint
 
     state = read_checkpoint(path)
     if not state.get("complete"):
@@ -345,7 +345,7 @@ class PatchCore(AnomalyModel):
 
     def check_checkpoint(self, state: dict[str, Any]) -> None:
         if state.get("complete") and len(self.memory) == 0:
-            from ...training.checkpoint import CheckpointError
+            from ...checkpoint_io import CheckpointError
 
             raise CheckpointError("patchcore checkpoint is marked complete but its memory bank is empty")
 

@@ -46,6 +46,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...ranking import RankCounts
+
 FUSIONS: tuple[str, ...] = ("zscore", "robust", "rank", "map", "weighted")
 MAD_TO_STD = 1.4826  # MAD of a normal distribution times this = its standard deviation
 
@@ -60,8 +62,12 @@ def pairwise_auroc(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tens
     """AUROC per column (Mann-Whitney, ties count 1/2): ``positive`` [P, T] vs ``negative`` [N, T] -> [T]."""
     if len(positive) == 0 or len(negative) == 0:
         return torch.full((positive.shape[1],), 0.5)
-    p, n = positive[:, None, :], negative[None, :, :]
-    return ((p > n).float() + 0.5 * (p == n).float()).mean((0, 1))
+    pos, neg = (t.detach().cpu().float().numpy() if t.dtype == torch.bfloat16 else t.detach().cpu().numpy()
+                for t in (positive, negative))  # bfloat16 has no numpy type; to float32 is exact
+    # U is a multiple of 1/2, exact in float32; dividing in float32 gives the float32 mean of the pairwise wins
+    u = torch.tensor([RankCounts(pos[:, t], neg[:, t]).twice_u() / 2 for t in range(pos.shape[1])],
+                     dtype=torch.float32)
+    return u.div_(len(positive) * len(negative)).to(positive.device)
 
 
 def auroc_weights(auroc: torch.Tensor, power: float = 2.0) -> torch.Tensor:
