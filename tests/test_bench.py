@@ -1,13 +1,14 @@
-"""``medad-edu bench``: resume without retraining, the results schema, the tables, and the book's stored results."""
+"""``medad-edu bench``: resume without retraining, the results schema, variants files, the tables (re-rendered
+from every kept results.json), and the book's stored results."""
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-from medad_edu.evaluation.bench import (RESULT_NAME, SCHEMA_VERSION, _pm, render_markdown, run_bench,
-                                        summary_table)
+from medad_edu.evaluation.bench import RESULT_NAME, SCHEMA_VERSION, VariantsError, load_variants, run_bench
 from medad_edu.evaluation.evaluate import METRIC_KEYS
+from medad_edu.interface.bench_report import _pm, render_markdown, summary_table, write_report
 
 BOOK_RESULTS = Path(__file__).resolve().parents[1] / "book" / "results"
 TIMING_KEYS = {"train_seconds", "train_cpu_seconds", "epochs", "train_images", "train_images_per_second",
@@ -27,11 +28,12 @@ def bench_dir(tmp_path_factory, tiny_data_module):
     data = tiny_data_module
     out = tmp_path_factory.mktemp("bench")
     logs1, logs2 = [], []
-    run_bench(["ae"], data=data, seeds=[0], out_dir=out, epochs=1, batch_size=16, figures=False, log=logs1.append)
+    run_bench(["ae"], data=data, seeds=[0], out_dir=out, epochs=1, batch_size=16, log=logs1.append)
     ae_run = out / "runs" / "ae-s0"
     stamps = {p.name: p.stat().st_mtime_ns for p in ae_run.iterdir()}
     results = run_bench(["patchcore", "ae"], data=data, seeds=[0], out_dir=out, epochs=1, batch_size=16,
                         method_seeds={"patchcore": [0, 1]}, note="unit test", log=logs2.append)
+    write_report(results, out, data=data)  # results.md and figures/, as `medad-edu bench` writes them
     return {"out": out, "data": data, "stamps": stamps, "logs1": logs1, "logs2": logs2, "results": results}
 
 
@@ -67,7 +69,7 @@ def test_results_json_schema(bench_dir):
     assert len(res["runs"]) == 3 and res["failures"] == []
     for run in res["runs"]:
         ev = run["evaluation"]
-        assert ev["method"] == run["method"] and ev["split"] == "test"
+        assert ev["method"] == run["method"] and ev["split"] == "test" and run["variant"] == run["method"]
         assert set(ev["tasks"]) == {"chest_xray", "brain_mri"}
         for t in ev["tasks"].values():
             assert set(METRIC_KEYS) <= set(t) and t["n_normal"] == 8 and t["n_abnormal"] == 8
@@ -135,12 +137,12 @@ def test_training_reports_its_epochs_without_a_bar(tiny_data_module, tmp_path, m
     import medad_edu.evaluation.bench as bench
 
     logs = []
-    run_bench(["ae"], data=tiny_data_module, seeds=[0], out_dir=tmp_path, epochs=3, batch_size=16, figures=False,
+    run_bench(["ae"], data=tiny_data_module, seeds=[0], out_dir=tmp_path, epochs=3, batch_size=16,
               log=logs.append)
     assert sum("ae epoch" in m and "loss" in m for m in logs) == 3  # the trainer's lines (every epochs // 5)
     monkeypatch.setattr(bench, "EPOCH_LOG_SECONDS", 0.0)  # every finished epoch but the last gets a timing line
     logs = []
-    run_bench(["ae"], data=tiny_data_module, seeds=[1], out_dir=tmp_path, epochs=3, batch_size=16, figures=False,
+    run_bench(["ae"], data=tiny_data_module, seeds=[1], out_dir=tmp_path, epochs=3, batch_size=16,
               log=logs.append)
     assert [m.split(":")[0] for m in logs if "s/epoch" in m] == ["[bench]   ae epoch 1/3", "[bench]   ae epoch 2/3"]
     assert "it/s" not in capfd.readouterr().err  # no tqdm bar
@@ -155,10 +157,11 @@ def test_mean_std_formatting():
 def test_changed_settings_are_refused_and_failures_isolated(bench_dir):
     with pytest.raises(ValueError, match="other settings"):
         run_bench(["ae"], data=bench_dir["data"], seeds=[0], out_dir=bench_dir["out"], epochs=2, batch_size=16,
-                  figures=False, log=lambda m: None)
+                  log=lambda m: None)
     out = bench_dir["out"] / "failing"
     res = run_bench(["memae", "ae"], data=bench_dir["data"], seeds=[0], out_dir=out, epochs=1, batch_size=16,
-                    options={"memae": {"mem_dim": 0}}, figures=False, log=lambda m: None)
+                    options={"memae": {"mem_dim": 0}}, log=lambda m: None)
+    write_report(res, out, figures=False)
     assert [f["method"] for f in res["failures"]] == ["memae"] and "mem_dim" in res["failures"][0]["error"]
     assert [r["method"] for r in res["runs"]] == ["ae"]
     assert "Failed runs: memae seed 0" in (out / "results.md").read_text()
@@ -170,7 +173,7 @@ def test_auto_backbone_is_kept_when_methods_are_added(bench_dir):
     # runs last among the bench_dir tests: it adds an ae run with seed 1 to the folder
     logs = []
     res = run_bench(["ae", "patchcore"], data=bench_dir["data"], seeds=[1], out_dir=bench_dir["out"], epochs=1,
-                    batch_size=16, figures=False, log=logs.append)
+                    batch_size=16, log=logs.append)
     assert any("ae seed 1: training" in m for m in logs)
     assert any("patchcore seed 1: already done" in m for m in logs)  # not redone with the new ae encoder
     assert [r["spec"]["options"]["backbone"] for r in res["runs"] if r["method"] == "patchcore"] == ["random"]
@@ -191,15 +194,135 @@ def test_cli_bench_on_a_data_folder(tmp_path, tiny_data_module, capsys):
     assert res["runs"][0]["spec"]["options"]["coreset_ratio"] == 0.5
 
 
+# --- variants files -----------------------------------------------------------------------------------------
+def _write_variants(path: Path, variants) -> Path:
+    path.write_text(json.dumps(variants) if not isinstance(variants, str) else variants)
+    return path
+
+
+def test_cli_bench_runs_and_caches_a_variants_file(tmp_path, tiny_data_module, capsys):
+    from medad_edu.data import write_bmad
+    from medad_edu.interface.cli import main
+
+    write_bmad(tiny_data_module, tmp_path / "data")
+    variants = _write_variants(tmp_path / "variants.json", {
+        "ae-latent8": {"method": "ae", "options": {"latent": 8}},
+        "ae-latent4": {"method": "ae", "options": {"latent": 4}, "seeds": [1]}})
+    argv = ["bench", "--variants", str(variants), "--data", str(tmp_path / "data"), "--seeds", "0", "--epochs", "1",
+            "--image-size", "32", "--batch-size", "16", "--out", str(tmp_path / "b"), "--no-figures",
+            "--threads", "1"]
+    assert main(argv) == 0
+    first = capsys.readouterr()
+    res = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert res["seeds"] == {"ae-latent8": [0], "ae-latent4": [1]} and res["methods"] == ["ae"]
+    assert list(res["variants"]) == ["ae-latent8", "ae-latent4"] and res["failures"] == []
+    runs = {(r["variant"], r["seed"]): r for r in res["runs"]}
+    assert set(runs) == {("ae-latent8", 0), ("ae-latent4", 1)}
+    assert runs[("ae-latent8", 0)]["spec"]["options"]["latent"] == 8
+    assert runs[("ae-latent4", 1)]["spec"]["options"]["latent"] == 4 and runs[("ae-latent4", 1)]["spec"]["epochs"] == 1
+    assert Path(runs[("ae-latent4", 1)]["run_dir"]) == tmp_path / "b" / "runs" / "ae-latent4-s1"
+    assert "| ae-latent8 |" in first.out and "| Variant |" in first.out and "ae-latent8 seed 0: training" in first.err
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "b" / "runs").rglob("*") if p.is_file()}
+    assert main(argv) == 0  # the same command again: both runs read back, nothing retrained
+    again = capsys.readouterr()
+    assert "ae-latent8 seed 0: already done" in again.err and "ae-latent4 seed 1: already done" in again.err
+    assert "training" not in again.err
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["runs"] == res["runs"]
+    # --report-only re-renders the same tables from results.json, and checks the variants file it is given
+    md = (tmp_path / "b" / "results.md").read_text()
+    (tmp_path / "b" / "results.md").unlink()
+    assert main(["bench", "--variants", str(variants), "--report-only", "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "results.md").read_text() == md
+    other = _write_variants(tmp_path / "other.json", {"ae-latent8": {"method": "ae", "options": {"latent": 8}}})
+    assert main(["bench", "--variants", str(other), "--report-only", "--out", str(tmp_path / "b")]) == 2
+    assert "was not made with the variants of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("{\"a\": {\"method\": \"ae\",}}", "not valid JSON"),
+    ("[\"ae\"]", "expected a JSON object"),
+    ("{}", "expected a JSON object"),
+    ({"a": {"method": "nope"}}, "method 'nope' is not one of"),
+    ({"a": {"method": "ae", "epoch": 2}}, "unknown keys ['epoch']"),
+    ({"a": {"method": "ae", "seeds": 0}}, "\"seeds\" must be a non-empty list of integers"),
+    ({"a": {"method": "ae", "epochs": 0}}, "\"epochs\" must be a positive integer"),
+    ({"a": {"method": "ae", "options": [1]}}, "\"options\" must be an object"),
+    ({"a": {"method": "ae", "diagnostics": ["x"]}}, "\"diagnostics\" must be a list of mtl_scores"),
+    ({"a/b": {"method": "ae"}}, "variant name 'a/b'"),
+    ({"a": "ae"}, "variant 'a' must be an object"),
+])
+def test_a_bad_variants_file_is_a_one_line_error_naming_it(tmp_path, capsys, content, problem):
+    from medad_edu.interface.cli import main
+
+    path = _write_variants(tmp_path / "v.json", content)
+    with pytest.raises(VariantsError) as err:
+        load_variants(path)
+    assert str(err.value).startswith(f"{path}: ") and problem in str(err.value)
+    assert main(["bench", "--variants", str(path), "--out", str(tmp_path / "b")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and problem in lines[0]
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_missing_variants_file_and_conflicting_options(tmp_path, capsys):
+    from medad_edu.interface.cli import main
+
+    assert main(["bench", "--variants", str(tmp_path / "none.json"), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'none.json'}: cannot read the variants file" in err and len(err.strip().splitlines()) == 1
+    path = _write_variants(tmp_path / "v.json", {"a": {"method": "ae"}})
+    assert main(["bench", "--variants", str(path), "--option", "ae.latent=4", "--out", str(tmp_path / "b")]) == 2
+    assert "drop --option" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="do not also give"):
+        run_bench(["ae"], variants={"a": {"method": "ae"}}, out_dir=tmp_path / "b", log=lambda m: None)
+
+
+def test_the_mtl_scores_diagnostic(tmp_path, tiny_data_module):
+    from medad_edu.models.mtl import MultiTaskLearner
+
+    options = {**MultiTaskLearner.CLASSIC, "proxy_tasks": ["denoise", "lesion"], "width": 8}
+    res = run_bench(data=tiny_data_module, seeds=[0], out_dir=tmp_path, batch_size=16, log=lambda m: None,
+                    variants={"mtl-two": {"method": "mtl", "options": options, "epochs": 1,
+                                          "diagnostics": ["mtl_scores"]}})
+    assert res["failures"] == [], res["failures"]
+    run = res["runs"][0]
+    d = run["diagnostics"]["mtl_scores"]
+    assert run["spec"]["diagnostics"] == ["mtl_scores"] and d["proxy_tasks"] == ["denoise", "lesion"]
+    cols = ["denoise", "lesion", "fused_zscore", "fused_robust", "fused_rank", "fused_weighted", "fused_weighted_p1"]
+    assert list(d["test"])[:len(cols)] == cols and set(d["valid"]) == set(d["test"])
+    tasks = tiny_data_module.task_names
+    assert all(set(col) == set(tasks) and all(0 <= v <= 1 for v in col.values()) for col in d["test"].values())
+    # the model's own score is the weighted fusion: the same AUROC as the bench's evaluation
+    for t in tasks:
+        assert d["test"]["fused_" + d["fusion"]][t] == pytest.approx(run["evaluation"]["tasks"][t]["image_auroc"])
+    assert len(d["weights"]) == len(tasks) + 1 and all(abs(sum(w) - 1) < 1e-5 for w in d["weights"])
+
+
 # --- the book's stored results ------------------------------------------------------------------------------
-# Kept benches (schema of run_bench); other kept results, e.g. the MTL-MAD ablations, have their own chapter checks.
-BOOK_DIRS = sorted(p.parent for p in BOOK_RESULTS.glob("*/results.json")
-                   if "schema_version" in json.loads(p.read_text()))
+# Kept benches: every folder of book/results/ with a results.json (the MTL-MAD ablations are a variants bench).
+BOOK_DIRS = sorted(p.parent for p in BOOK_RESULTS.glob("*/results.json"))
 
 
 def test_the_book_keeps_the_benches_its_chapters_read():
     names = {d.name for d in BOOK_DIRS}
-    assert {"embedded_quick", "embedded_real_quick", "embedded_quick_allinone_gamma100"} <= names
+    assert {"embedded_quick", "embedded_real_quick", "embedded_quick_allinone_gamma100", "embedded_quick_peers",
+            "embedded_real_quick_peers", "embedded_real_quick_allinone_gamma100", "mtl_ablations"} <= names
+    assert all("schema_version" in json.loads((d / "results.json").read_text()) for d in BOOK_DIRS)
+
+
+@pytest.mark.parametrize("result_dir", BOOK_DIRS, ids=[p.name for p in BOOK_DIRS])
+def test_report_only_rerenders_the_kept_tables_identically(result_dir, tmp_path, capsys):
+    """``medad-edu bench --report-only`` on a copy of each kept results.json writes the committed results.md,
+    byte for byte (a variants bench is re-rendered with its variants file, which must match)."""
+    from medad_edu.interface.cli import main
+
+    (tmp_path / "results.json").write_bytes((result_dir / "results.json").read_bytes())
+    argv = ["bench", "--report-only", "--out", str(tmp_path)]
+    if (result_dir / "variants.json").is_file():
+        argv += ["--variants", str(result_dir / "variants.json")]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (tmp_path / "results.md").read_bytes() == (result_dir / "results.md").read_bytes()
 
 
 @pytest.mark.parametrize("result_dir", BOOK_DIRS, ids=[p.name for p in BOOK_DIRS])

@@ -49,6 +49,9 @@ def test_train_evaluate_on_folder(tiny_root, tmp_path, capsys):
     (["train", "--method", "ae", "--data", "{tmp}/missing", "--out", "{tmp}/r"], "missing: no such folder"),
     (["evaluate", "--run", "{tmp}/norun", "--json", "{tmp}/x.json"], "no checkpoint"),
     (["train", "--method", "ae", "--out", "{tmp}/r", "--device", "tpu"], "device must be one of"),
+    (["bench", "--report-only", "--out", "{tmp}/nobench"], "no bench results there"),
+    (["bench", "--methods", "nope", "--out", "{tmp}/b"], "unknown method 'nope'"),
+    (["bench", "--methods", "ae", "--option", "ae-latent", "--out", "{tmp}/b"], "--option expects METHOD.KEY=VALUE"),
 ])
 def test_bad_input_one_line_error(tmp_path, capsys, args, needle):
     code = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
@@ -62,6 +65,12 @@ def test_argparse_rejects_bad_numbers(tmp_path, capsys):
     assert exc.value.code == 2 and "multiple of 16" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_cli("train", "--method", "ae", "--out", tmp_path, "--epochs", 0)
+    with pytest.raises(SystemExit) as exc:  # the rows are methods or a variants file, not both
+        run_cli("bench", "--methods", "ae", "--variants", tmp_path / "v.json", "--out", tmp_path)
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        run_cli("bench", "--seeds", "0,x", "--out", tmp_path)
+    assert exc.value.code == 2 and "seeds must be comma-separated integers" in capsys.readouterr().err
 
 
 def test_module_entry_point_and_methods():
@@ -69,6 +78,10 @@ def test_module_entry_point_and_methods():
     assert "ae" in out.stdout.split()
     helped = subprocess.run([sys.executable, "-m", "medad_edu", "train", "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "--config" in helped.stdout and "--device" in helped.stdout
+    # `medad-edu bench` is the one command line of the bench (its options live in the interface's cli)
+    helped = subprocess.run([sys.executable, "-m", "medad_edu", "bench", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and all(o in helped.stdout for o in ("--methods", "--variants", "--report-only",
+                                                                        "--method-seeds", "--patchcore-backbone"))
 
 
 @pytest.mark.parametrize("method", ["allinone", "mtl"])

@@ -8,7 +8,7 @@ from PIL import Image
 
 from medad_edu.data.tasks import PAPER_PROMPTS
 from medad_edu.interface.cli import main
-from medad_edu.interface.predict import match_prompt, predict_images, resolve_task
+from medad_edu.interface.predict_files import match_prompt, predict_images, resolve_task
 from medad_edu.training import make_config, read_checkpoint, train
 
 

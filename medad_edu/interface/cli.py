@@ -9,7 +9,8 @@ Subcommands::
     torchrun --nproc-per-node N -m medad_edu train ...   (distributed data-parallel: the same flags; --batch-size
                     is the global batch, split over the N processes)
     medad-edu evaluate --run RUN [--data DIR] --json FILE [--method NAME] [--allow-incomplete] [--allow-nonfinite]
-    medad-edu bench ...      (see medad-edu bench --help)
+    medad-edu bench --out DIR [--methods M,M | --variants FILE] [--data ...] [--config quick|paper] [--seeds 0,1,2]
+                    [--report-only] ... (see medad-edu bench --help)
     medad-edu predict ...    (see medad-edu predict --help)
     medad-edu methods        (list the methods this installation provides)
 
@@ -148,16 +149,92 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list the available methods")
 
-    from ..evaluation import bench
-    from . import predict
+    _add_bench_args(sub.add_parser("bench", help="train and evaluate several methods (or variants) side by side; "
+                                                 "writes results.json, results.md and figures"))
+    from . import predict_files
 
-    bench.add_arguments(sub.add_parser("bench", help="train and evaluate several methods side by side"))
-    predict.add_arguments(sub.add_parser("predict", help="score new images with a trained run"))
+    predict_files.add_arguments(sub.add_parser("predict", help="score new images with a trained run"))
     from . import student
 
     student.add_arguments(sub.add_parser("book", help="the book's notebooks: `book student` writes them "
                                                       "without solutions"))
     return parser
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in _task_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("at least one seed is needed")
+    return seeds
+
+
+def _method_seeds(text: str) -> dict[str, list[int]]:
+    out = {}
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise argparse.ArgumentTypeError(f"--method-seeds expects METHOD=S1,S2;METHOD=S, got {text!r}")
+        m, s = part.split("=", 1)
+        out[m.strip()] = _seed_list(s)
+    return out
+
+
+def _add_bench_args(parser: argparse.ArgumentParser) -> None:
+    """The ``medad-edu bench`` arguments (the runner is :func:`medad_edu.evaluation.bench.run_bench`)."""
+    rows = parser.add_mutually_exclusive_group()
+    rows.add_argument("--methods", type=_task_list, default=None,
+                      help="comma-separated methods (default: every method this installation provides)")
+    rows.add_argument("--variants", type=Path, default=None, metavar="FILE",
+                      help="a JSON file of bench rows {name: {\"method\": M, \"options\": {...}, \"seeds\": [...], "
+                           "\"epochs\": N, \"diagnostics\": [...]}} (e.g. book/results/mtl_ablations/variants.json), "
+                           "run instead of --methods with the same caching")
+    parser.add_argument("--data", default="embedded",
+                        help="'embedded' (default), 'embedded:real' or a data folder (as for medad-edu train)")
+    parser.add_argument("--config", choices=["quick", "paper"], default="quick",
+                        help="quick: CPU, 64 px; paper: 256 px, 250 epochs, batch 64 (default quick)")
+    parser.add_argument("--seeds", type=_seed_list, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--method-seeds", type=_method_seeds, default=None, metavar="M=S,S;M=S",
+                        help="other seeds for some methods, e.g. 'allinone=0;mtl=0' for slow ones")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output folder (results.json, results.md, figures/, runs/); rerunning resumes")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: rewrite results.md (and figures/, where the runs' predictions are "
+                             "present) from OUT/results.json")
+    parser.add_argument("--sizes", choices=["tiny", "quick", "paper"], default=None,
+                        help="embedded data size preset (default: the configuration's)")
+    parser.add_argument("--tasks", type=_task_list, default=None, help="comma-separated subset of tasks")
+    parser.add_argument("--epochs", type=_positive_int, default=None,
+                        help="override every row's epochs, a variant's own too (smoke tests; the timing table shows "
+                             "the epochs)")
+    parser.add_argument("--image-size", type=_image_size, default=None,
+                        help="override the image side (multiple of 16)")
+    parser.add_argument("--batch-size", type=_positive_int, default=None, help="override every method's batch size")
+    parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is faster on a busy shared machine)")
+    parser.add_argument("--patchcore-backbone", default="auto",
+                        help="auto (encoder of this bench's mtl, else allinone, else ae run), random, run:RUN_DIR, "
+                             "resnet18, resnet50 or wide_resnet50_2 (needs local ImageNet weights)")
+    parser.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                        help="method option, repeatable, value parsed as JSON when possible "
+                             "(e.g. --option patchcore.coreset_ratio=0.05); with --variants, set them in the file")
+    parser.add_argument("--note", default="", help="a sentence stored with the results and printed in results.md")
+    parser.add_argument("--no-figures", action="store_true", help="skip the figures")
+
+
+def _parse_method_options(items: list[str]) -> dict[str, dict]:
+    """``--option METHOD.KEY=VALUE`` items -> ``{method: {key: value}}``."""
+    out: dict[str, dict] = {}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise CliError(f"--option expects METHOD.KEY=VALUE, got {item!r}")
+        method, rest = item.split(".", 1)
+        out.setdefault(method.strip(), {}).update(_parse_options([rest]))
+    return out
 
 
 def _parse_options(items: list[str]) -> dict:
@@ -342,6 +419,37 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """``medad-edu bench``: 0 if every run finished, 1 if some failed (their errors are in results.json)."""
+    from ..evaluation.bench import load_results, load_variants, run_bench
+    from .bench_report import render_markdown, write_report
+
+    variants = load_variants(args.variants) if args.variants is not None else None
+    if args.report_only:
+        results = load_results(args.out)
+        if variants is not None and results.get("variants") != variants:
+            raise CliError(f"{args.out / 'results.json'} was not made with the variants of {args.variants} "
+                           f"(rows {sorted(results.get('variants') or results['methods'])} against {sorted(variants)}, "
+                           f"or other settings); report it without --variants")
+    else:
+        if variants is not None and (args.option or args.method_seeds):
+            raise CliError(f"--variants {args.variants} sets the rows' options and seeds; drop --option and "
+                           f"--method-seeds (or put them in the file)")
+        results = run_bench(methods=args.methods, data=args.data, config=args.config, seeds=args.seeds,
+                            out_dir=args.out, sizes=args.sizes, tasks=args.tasks, epochs=args.epochs,
+                            image_size=args.image_size, batch_size=args.batch_size, device=args.device,
+                            threads=args.threads, method_seeds=args.method_seeds,
+                            options=_parse_method_options(args.option) if variants is None else None,
+                            patchcore_backbone=args.patchcore_backbone, note=args.note, variants=variants)
+    written = write_report(results, args.out, figures=not args.no_figures,
+                           log=lambda m: print(m, file=sys.stderr))
+    print(render_markdown(results))
+    took = "" if args.report_only else f" ({results['bench_wall_seconds']:.0f} s)"
+    print(f"wrote {', '.join(str(p) for p in ([args.out / 'results.json'] if not args.report_only else []) + written)}"
+          f"{took}")
+    return 1 if results["failures"] else 0
+
+
 def cmd_methods(args) -> int:
     from ..models import METHODS, available_methods, get_method
 
@@ -362,13 +470,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     if args.command == "data" and getattr(args, "data_command", None) is None:
         parser.parse_args(["data", "--help"])
-    handlers = {"data": cmd_data_make, "train": cmd_train, "evaluate": cmd_evaluate, "methods": cmd_methods}
-    if args.command == "bench":
-        from ..evaluation import bench
-        handler = bench.run
-    elif args.command == "predict":
-        from . import predict
-        handler = predict.run
+    handlers = {"data": cmd_data_make, "train": cmd_train, "evaluate": cmd_evaluate, "bench": cmd_bench,
+                "methods": cmd_methods}
+    if args.command == "predict":
+        from . import predict_files
+        handler = predict_files.run
     elif args.command == "book":
         from . import student
         handler = student.run

@@ -8,6 +8,8 @@ default) or as the mean of its top 10 / 2 / 0.5 % pixels, on the validation spli
 ``lesion_diagnosis.json`` here.
 
     OMP_NUM_THREADS=1 python book/results/mtl_ablations/diagnose_lesion.py MTL_RUN_DIR NSA_RUN_DIR
+
+The run folders are those of the bench over ``variants.json`` (``OUT/runs/mtl-s0``, ``OUT/runs/nsa-s0``).
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ for those prompts only.
 
 Python::
 
-    from medad_edu.interface.predict import predict_images
+    from medad_edu.interface.predict_files import predict_images
     report = predict_images("runs/ae", "new_scans/", task="chest_xray", out_dir="pred")
     report.rows[0]   # {'file': ..., 'task': ..., 'score': ..., 'threshold': ..., 'decision': ...}
 
