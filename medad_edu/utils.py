@@ -31,6 +31,18 @@ def get_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for :func:`peak_memory`: CUDA's peak statistics, or (Linux) the process's VmHWM."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 resets the process's resident-set high-water mark (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_memory(device: torch.device) -> tuple[float, str]:
     """``(MiB, what was measured)``: CUDA's peak allocation on a CUDA device, else the process's resident-set
     high-water mark (Linux ``VmHWM``, which ``/proc/self/clear_refs`` can reset; elsewhere ``ru_maxrss``)."""

@@ -54,10 +54,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 # Known violations still in the tree, each with the change that removes it. Keep this list empty otherwise.
-KNOWN_VIOLATIONS: set[tuple[str, str]] = {
-    # bench.py draws its galleries with the interface's plots; removed by the bench split (issue 12).
-    ("medad_edu.evaluation.bench", "medad_edu.interface.plots"),
-}
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 
 _IMPORT_FUNCTIONS = {"import_module", "__import__", "find_spec"}
 

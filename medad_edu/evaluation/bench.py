@@ -64,10 +64,10 @@ import torch
 
 from ..data import MultiTaskData, load_data
 from ..data.batches import split_tensors
-from ..utils import atomic_write_bytes, atomic_write_json, get_device, versions
+from ..utils import atomic_write_bytes, atomic_write_json, get_device, peak_memory, reset_peak_memory, versions
 from .diagnostics import DIAGNOSTICS
 from .evaluate import summarise
-from .predict import predict_split
+from ..training.predict import predict_split
 
 SCHEMA_VERSION = 1
 RESULT_NAME = "bench_result.json"
@@ -164,29 +164,6 @@ def hardware_string(device: torch.device | str = "cpu") -> str:
     return f"CPU: {cpu} ({os.cpu_count()} logical CPUs), {platform.system()}"
 
 
-def _reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:  # Linux: writing 5 resets the process's resident-set high-water mark (VmHWM)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _peak_memory(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA max allocated"
-    try:
-        with open("/proc/self/status") as f:
-            return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024, "process RSS high-water mark"
-    except (OSError, AttributeError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process max RSS (not reset per run)"
-
-
 # --- one run ------------------------------------------------------------------------------------------------
 def gallery_indices(tensors, per_task: int = 1) -> np.ndarray:
     """Indices (into the test split) shown in the gallery: per task the abnormal image with the largest mask
@@ -259,7 +236,7 @@ def run_one(method: str, seed: int, data: MultiTaskData, data_spec: str, config:
         log(f"[bench] {name} seed {seed}: already done ({result_path}); skipped")
         return {**record, "variant": name}
     device = get_device(cfg.device)
-    _reset_peak_memory(device)
+    reset_peak_memory(device)
     log(f"[bench] {name} seed {seed}: training ({cfg.config}, {cfg.epochs} epochs, {cfg.image_size} px) "
         f"in {run_dir}")
     epochs_before = _finished_epochs(run_dir)
@@ -285,7 +262,7 @@ def run_one(method: str, seed: int, data: MultiTaskData, data_spec: str, config:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     infer = time.perf_counter() - t1
-    peak, peak_kind = _peak_memory(device)
+    peak, peak_kind = peak_memory(device)
     report = summarise(preds, data.task_names, method, "test", res.thresholds)
     gidx = gallery_indices(tensors)
     buf = __import__("io").BytesIO()

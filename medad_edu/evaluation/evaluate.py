@@ -22,7 +22,7 @@ import numpy as np
 from ..data import MultiTaskData
 from ..models.base import AnomalyModel
 from .metrics import accuracy_at_threshold, evaluate_predictions
-from .predict import Predictions, predict_split
+from ..training.predict import Predictions, predict_split
 
 METRIC_KEYS = ("image_auroc", "ap", "f1", "acc", "pixel_auroc", "aupro", "dice")
 
@@ -65,7 +65,7 @@ def evaluate_model(model: AnomalyModel, data: MultiTaskData, split: str = "test"
 
 def _predict_remapped(model, data, split, device, batch_size, order):
     from ..data.batches import split_tensors
-    from .predict import predict_tensors
+    from ..training.predict import predict_tensors
     import torch
 
     tensors = split_tensors(data, split)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..models.base import check_image_size
 
 EXIT_BAD_INPUT = 2
 
@@ -55,10 +56,10 @@ _non_negative_int = _int_at_least(0, "a whole number >= 0")
 
 
 def _image_size(text: str) -> int:
-    value = _positive_int(text)
-    if value % 16:
-        raise argparse.ArgumentTypeError(f"image size must be a multiple of 16 (e.g. 64 or 256), got {value}")
-    return value
+    try:  # the package's one rule (every encoder halves the side four times)
+        return check_image_size(_positive_int(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{err} (e.g. 64 or 256)") from None
 
 
 def _positive_float(text: str) -> float:

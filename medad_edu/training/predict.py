@@ -1,7 +1,7 @@
 """Running a trained model over a split: scores, maps and labels per task, batched and without gradients.
 
-In the training layer because choosing thresholds at the end of training needs it; the evaluation re-exports it
-(``medad_edu.evaluation.predict``).
+In the training layer because choosing thresholds at the end of training needs it; ``medad_edu.evaluation``
+re-exports it.
 
 Defined in: notebooks/03_autoencoder.ipynb
 """
