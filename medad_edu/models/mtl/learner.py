@@ -28,9 +28,8 @@ weight_power``, its AUROC being how well its failure score tells these pseudo-an
 No label and no test image is used. The pseudo-anomalies are deliberately *not* those of the lesion task
 (whose generator paints ellipses, textures and blends), so the lesion task is judged on corruptions it has not
 been trained on instead of being rewarded for recognising its own. Why weigh at all: on the embedded data
-several tasks fail at random on some organs, and a plain mean lets them dilute the ones that detect (with the
-same two trained quick models, test mean image AUROC 0.525 / 0.537 with ``robust``, 0.590 / 0.593 with
-``weighted``; the 20 + 20 validation images per organ are too few to rank the fusions, see notebook 23).
+several tasks fail at random on some organs, and a plain mean lets them dilute the ones that detect (the fusions
+are compared on trained models in notebooks/22_mtl_scoring.ipynb and 23_mtl_ablations.ipynb).
 
 Inference: ``forward(images, task_ids)`` -> ``AnomalyResult(anomaly_map, pred_score, extras)`` with
 ``anomaly_map`` the mean of the pixel-normalised failure maps (with ``weighted``: weighted by the map tasks'
@@ -130,12 +129,7 @@ class MultiTaskLearner(AnomalyModel):
             raise ValueError(f"balance_weight must be >= 0; got {balance_weight}")
         if moe and not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k must be in [1, num_experts={num_experts}]; got {top_k}")
-        super().__init__(image_size, task_names, prompts, proxy_tasks=proxy_tasks, moe=moe, num_experts=num_experts,
-                         top_k=top_k, moe_layers=moe_layers, width=width, clusters=clusters, fusion=fusion,
-                         balance_weight=balance_weight, top_fraction=top_fraction, max_reference=max_reference,
-                         uncertainty=uncertainty, map_top=map_top, weight_power=weight_power,
-                         lesion_weight=lesion_weight, design=design, depth=depth, score_sigma=score_sigma,
-                         score_top=score_top, weight_source=weight_source)
+        super().__init__(image_size, task_names, prompts, proxy_tasks=proxy_tasks)
         self.weight_source = weight_source
         self.design = design
         if design == "unet":

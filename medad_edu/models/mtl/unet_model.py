@@ -44,7 +44,7 @@ from ..components import ConvDecoder, bounded_logvar, uncertainty_map, uncertain
 from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, pool_map
 from ..unet import UNet
 from .moe import MoELayer
-from .proxy_tasks import SyntheticLesion
+from .proxy_tasks import LesionSynthesis
 
 UNET_TASKS: tuple[str, ...] = ("denoise", "lesion", "reconstruct")
 
@@ -81,7 +81,8 @@ class CoarseNoiseRemoval(nn.Module):
 
 
 class LesionSegmentation(nn.Module):
-    """Proxy task ``lesion`` of the U-Net design: :class:`SyntheticLesion`'s synthesis, a full-resolution head."""
+    """Proxy task ``lesion`` of the U-Net design: :class:`LesionSynthesis` (the classic ``SyntheticLesion``'s
+    synthesis) and a full-resolution head."""
 
     name, kind, aspect, has_map = "lesion", "pseudo-anomaly", "local structure", True
     num_views = 1
@@ -89,14 +90,13 @@ class LesionSegmentation(nn.Module):
 
     def __init__(self, image_size: int, width: int):
         super().__init__()
-        self.synth = SyntheticLesion(image_size, (4, 4, 4))
-        del self.synth.head  # only its synthesis is used; the head is ours
+        self.synthesis = LesionSynthesis(image_size)
         self.head = nn.Conv2d(width, 1, 1)
         self.loss_weight = 1.0
         self.score_sigma, self.score_top = DEFAULT_SIGMA, DEFAULT_TOP
 
     def corrupt(self, images, generator, groups=None):
-        return self.synth.corrupt(images, generator, groups)
+        return self.synthesis.corrupt(images, generator, groups)
 
     def views(self, images):
         return images, {"mask": torch.zeros_like(images)}
