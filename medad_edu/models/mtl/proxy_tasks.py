@@ -7,9 +7,10 @@ Georgescu (arXiv 2307.07534). Each task is explained and built by hand in notebo
 
 Every task is a small ``nn.Module`` with the same interface:
 
-- ``corrupt(images, generator, groups=None) -> (inputs, targets)``: training inputs and targets for a batch
+- ``corrupt(images, generator, organs=None) -> (inputs, targets)``: training inputs and targets for a batch
   ``[B,1,S,S]`` in [0, 1]; batched (no loop over samples) and deterministic under the ``torch.Generator``'s seed
-  (``groups``, the organ of each image, is only used by the lesion task to paste from the same organ).
+  (``organs``, the organ of each image -- the data set's task id -- is only used by the lesion task to paste from
+  the same organ). "Task" in the MTL code means a *proxy* task; the data set's tasks are called organs there.
 - ``views(images) -> (inputs, targets)``: the *fixed* set of ``num_views`` corruptions used at inference
   (e.g. the 4 rotations, 4 complementary masks, fixed noise fields), stacked view-major ``[V*B, ...]``. They do
   not depend on a random state or on the rest of the batch, so scoring is deterministic.
@@ -57,6 +58,19 @@ def _rand(shape: Sequence[int], generator: torch.Generator, like: torch.Tensor) 
 
 def _randn(shape: Sequence[int], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=generator, device=generator.device).to(like.device, like.dtype)
+
+
+def check_images(task_name: str, images: torch.Tensor, image_size: int) -> None:
+    """A one-line error unless ``images`` is a ``[B,1,S,S]`` batch of the task's size."""
+    if images.ndim != 4 or images.shape[1] != 1 or images.shape[-1] != image_size:
+        raise ValueError(f"{task_name}: images must be [B,1,{image_size},{image_size}]; got {tuple(images.shape)}")
+
+
+def at_least(task_name: str, option: str, value: int, low: int) -> int:
+    """``value``, or a one-line error if it is below ``low``."""
+    if value < low:
+        raise ValueError(f"{task_name}: {option} must be >= {low}; got {value}")
+    return value
 
 
 def gain_and_noise(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -122,13 +136,12 @@ class ProxyTask(nn.Module):
         self.top_fraction = 1.0  # how a failure map is pooled into the image score (set by the learner)
 
     def _check(self, images: torch.Tensor) -> None:
-        if images.ndim != 4 or images.shape[1] != 1 or images.shape[-1] != self.image_size:
-            raise ValueError(f"{self.name}: images must be [B,1,{self.image_size},{self.image_size}]; "
-                             f"got {tuple(images.shape)}")
+        check_images(self.name, images, self.image_size)
 
     def corrupt(self, images: torch.Tensor, generator: torch.Generator,
-                groups: torch.Tensor | None = None) -> tuple[torch.Tensor, Targets]:
-        """``groups`` [B] (the organ/task id of each image) is used only by tasks that pair images."""
+                organs: torch.Tensor | None = None) -> tuple[torch.Tensor, Targets]:
+        """``organs`` [B] (the organ of each image: the data set's task id) is used only by the proxy tasks that
+        pair images."""
         raise NotImplementedError
 
     def views(self, images: torch.Tensor) -> tuple[torch.Tensor, Targets]:
@@ -182,7 +195,7 @@ class Inpainting(ProxyTask):
     def _upsample(self, grid_mask: torch.Tensor) -> torch.Tensor:
         return grid_mask.repeat_interleave(self.patch, -2).repeat_interleave(self.patch, -1)
 
-    def corrupt(self, images, generator, groups=None):
+    def corrupt(self, images, generator, organs=None):
         self._check(images)
         g = self.image_size // self.patch
         mask = self._upsample((_rand((len(images), 1, g, g), generator, images) < self.ratio).to(images.dtype))
@@ -240,7 +253,7 @@ class Denoising(ProxyTask):
         self.res = int(res or max(2, image_size // 8))
         self.head = DenseHead(self.channels, 2 if self.uncertainty else 1)
 
-    def corrupt(self, images, generator, groups=None):
+    def corrupt(self, images, generator, organs=None):
         self._check(images)
         b = len(images)
         lo, hi = self.sigma
@@ -284,16 +297,13 @@ class Reconstruction(ProxyTask):
     """
 
     name, kind, aspect, has_map = "recon", "self-supervised", "global appearance (whole image)", True
-    num_views = 1
     loss_weight = 10.0
 
     def __init__(self, image_size: int, channels: Sequence[int], latent: int = 16):
         super().__init__(image_size, channels)
-        if latent < 1:
-            raise ValueError(f"recon: latent must be >= 1; got {latent}")
-        self.head = BottleneckHead(self.channels, image_size, latent)
+        self.head = BottleneckHead(self.channels, image_size, at_least(self.name, "latent", latent, 1))
 
-    def corrupt(self, images, generator, groups=None):
+    def corrupt(self, images, generator, organs=None):
         self._check(images)
         return gain_and_noise(images, generator), {"image": images}
 
@@ -333,7 +343,7 @@ class Orientation(ProxyTask):
         """All four rotations ``[4,B,1,S,S]`` (k quarter turns counter-clockwise)."""
         return torch.stack([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)])
 
-    def corrupt(self, images, generator, groups=None):
+    def corrupt(self, images, generator, organs=None):
         self._check(images)
         k = (_rand((len(images),), generator, images) * 4).long().clamp_max(3)
         return self.rotations(images)[k, torch.arange(len(images), device=images.device)], {"label": k}
@@ -385,7 +395,7 @@ class Jigsaw(ProxyTask):
         idx = perm[:, :, None, None].expand(-1, -1, *tiles.shape[-2:])
         return self.untile(tiles.gather(1, idx))
 
-    def corrupt(self, images, generator, groups=None):
+    def corrupt(self, images, generator, organs=None):
         self._check(images)
         perm = _rand((len(images), self.grid ** 2), generator, images).argsort(1)
         return self.shuffle(images, perm), {"label": perm.view(-1, self.grid, self.grid)}
@@ -458,11 +468,10 @@ class LesionSynthesis:
         return torch.sigmoid(edge), (edge > 0).to(like.dtype)
 
     def corrupt(self, images: torch.Tensor, generator: torch.Generator,
-                groups: torch.Tensor | None = None) -> tuple[torch.Tensor, Targets]:
-        """``(inputs, {"mask", "kind"})`` for a batch ``[B,1,S,S]``; ``groups`` [B] are the images' organs."""
-        if images.ndim != 4 or images.shape[1] != 1 or images.shape[-1] != self.image_size:
-            raise ValueError(f"lesion: images must be [B,1,{self.image_size},{self.image_size}]; "
-                             f"got {tuple(images.shape)}")
+                organs: torch.Tensor | None = None) -> tuple[torch.Tensor, Targets]:
+        """``(inputs, {"mask", "kind"})`` for a batch ``[B,1,S,S]``; ``organs`` [B] are the images' organs (all one
+        organ when ``None``)."""
+        check_images("lesion", images, self.image_size)
         b, s = len(images), self.image_size
         soft, hard = self.lesion_masks(images, generator)
         r = lambda *shape: _rand((b, *shape), generator, images)  # noqa: E731
@@ -471,8 +480,8 @@ class LesionSynthesis:
         delta = sign * (0.1 + 0.4 * r(1, 1, 1)) * (1 + 0.3 * coarse_noise(b, s, max(2, s // 8), generator, images))
         x_int = images + soft * delta
         # 1: cut-paste from a partner of the same organ, moved and rescaled, hard edge
-        groups = torch.zeros(b, dtype=torch.long) if groups is None else groups
-        other = images[same_group_partners(groups, generator, device=images.device, dtype=images.dtype)]
+        organs = torch.zeros(b, dtype=torch.long) if organs is None else organs
+        other = images[same_group_partners(organs, generator, device=images.device, dtype=images.dtype)]
         scale = 0.7 + 0.6 * r()
         x_cut = images + hard * (affine_warp(other, scale, r(2) - 0.5) - images)
         # 2: foreign patch interpolation at the same place
@@ -502,7 +511,7 @@ class SyntheticLesion(ProxyTask):
     2. foreign patch interpolation: ``x + alpha * m * (x_partner - x)``, ``alpha ~ U(0.3, 1)``, soft edge
        (FPI, Tan et al. 2020).
 
-    The partner is a random other image of the batch *of the same organ* (``groups``; itself if it is alone;
+    The partner is a random other image of the batch *of the same organ* (``organs``; itself if it is alone;
     chosen by ``medad_edu.models.synthesis.same_group_partners``, as NSA's): tissue from another modality would be
     recognisable by its texture alone, a shortcut that teaches nothing about anatomy.
     A share ``p_clean`` of the images is left unchanged (empty mask). The target is the lesion mask restricted to
@@ -519,7 +528,6 @@ class SyntheticLesion(ProxyTask):
     """
 
     name, kind, aspect, has_map = "lesion", "pseudo-anomaly", "local structure", True
-    num_views = 1
 
     def __init__(self, image_size: int, channels: Sequence[int], radius: tuple[float, float] = (0.04, 0.18),
                  p_clean: float = 0.2, tau: float = 0.03, foreground: float = 0.08):
@@ -527,8 +535,8 @@ class SyntheticLesion(ProxyTask):
         self.synthesis = LesionSynthesis(image_size, radius, p_clean, tau, foreground)
         self.head = DenseHead(self.channels, 1)
 
-    def corrupt(self, images, generator, groups=None):
-        return self.synthesis.corrupt(images, generator, groups)
+    def corrupt(self, images, generator, organs=None):
+        return self.synthesis.corrupt(images, generator, organs)
 
     def views(self, images):
         self._check(images)
@@ -554,14 +562,11 @@ class PseudoLabel(ProxyTask):
     """
 
     name, kind, aspect, has_map = "cluster", "pseudo-label", "global appearance", False
-    num_views = 1
     THUMB = 8
 
     def __init__(self, image_size: int, channels: Sequence[int], clusters: int = 8):
         super().__init__(image_size, channels)
-        if clusters < 2:
-            raise ValueError(f"cluster: clusters must be >= 2; got {clusters}")
-        self.clusters = clusters
+        self.clusters = at_least(self.name, "clusters", clusters, 2)
         self.head = GlobalHead(self.channels, clusters)
         self.register_buffer("centroids", torch.zeros(clusters, self.THUMB * self.THUMB))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
@@ -598,7 +603,7 @@ class PseudoLabel(ProxyTask):
                                "(the learner does it in on_train_start)")
         return torch.cdist(self.features(images), self.centroids.to(images.dtype)).argmin(1)
 
-    def corrupt(self, images, generator, groups=None):
+    def corrupt(self, images, generator, organs=None):
         self._check(images)
         return gain_and_noise(images, generator), {"label": self.labels(images)}
 
@@ -626,5 +631,5 @@ def make_task(name: str, image_size: int, channels: Sequence[int], **kwargs) -> 
 
 
 __all__ = ["DEFAULT_TASKS", "Denoising", "Inpainting", "Jigsaw", "LesionSynthesis", "Orientation", "PROXY_TASKS",
-           "ProxyTask", "PseudoLabel", "Reconstruction", "SyntheticLesion", "VIEW_SEED", "coarse_noise",
-           "gain_and_noise", "make_task", "pool_map"]
+           "ProxyTask", "PseudoLabel", "Reconstruction", "SyntheticLesion", "VIEW_SEED", "at_least",
+           "check_images", "coarse_noise", "gain_and_noise", "make_task", "pool_map"]
