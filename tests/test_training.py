@@ -1,4 +1,5 @@
 """The shared training loop: checkpoints, resume, interruption, NaN losses, thresholds, evaluation schema."""
+import inspect
 import json
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from medad_edu.evaluation import evaluate_model
-from medad_edu.models import get_method
+from medad_edu.models import METHODS, get_method
 from medad_edu.models.ae import AutoEncoder
 from medad_edu.training import CheckpointError, load_model, make_config, read_checkpoint, train
 from medad_edu.utils import atomic_write_bytes, get_device
@@ -26,6 +27,21 @@ def test_make_config_precedence_and_errors():
         make_config("nope")
     with pytest.raises(ValueError, match="multiple of 16"):
         make_config("ae", image_size=50)
+
+
+def test_init_args_are_the_declared_constructor_arguments():
+    """A constructor states each hyper-parameter once; the base class records the call (defaults filled in)."""
+    for method in METHODS:
+        cls = get_method(method)
+        params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        args = get_method(method)(64, ["a", "b"]).init_args()
+        assert list(args) == params, method
+        assert args["task_names"] == ["a", "b"] and args["prompts"] == ["", ""]
+    assert AutoEncoder(32, ["a"], latent=8).init_args() == {"image_size": 32, "task_names": ["a"], "prompts": [""],
+                                                             "latent": 8, "hidden": 2048}
+    allinone = get_method("allinone")(32, ["a"], num_experts=3, use_prompts=False).init_args()
+    assert allinone["top_k"] == 3  # the normalised value (None -> num_experts) is what is stored
+    assert get_method("dsvdd")(32, ["a"], channels=(8, 16)).init_args()["channels"] == [8, 16]
 
 
 def test_device_choice():

@@ -27,7 +27,7 @@ class AutoEncoder(AnomalyModel):
     PAPER = {"epochs": 250, "lr": 5e-4, "latent": 16, "hidden": 2048}
 
     def __init__(self, image_size: int, task_names, prompts=None, latent: int = 16, hidden: int = 2048):
-        super().__init__(image_size, task_names, prompts, latent=latent, hidden=hidden)
+        super().__init__(image_size, task_names, prompts)
         self.encoder = ConvEncoder(image_size, hidden=hidden, latent=latent)
         self.decoder = ConvDecoder(image_size, out_channels=1, latent=latent)
 

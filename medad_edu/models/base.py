@@ -12,14 +12,21 @@ A model subclass declares:
 - ``name``: the method name on the command line (``--method NAME``);
 - ``QUICK`` and ``PAPER``: its default options for the ``quick`` (CPU, 64 px) and ``paper`` (GPU, 256 px)
   configurations, including ``epochs``, ``batch_size`` and ``lr`` when they differ from the trainer's;
-- ``__init__(self, image_size, task_names, prompts, **options)``: everything needed to rebuild it from a
-  checkpoint (the checkpoint stores exactly these arguments).
+- ``__init__(self, image_size, task_names, prompts, <hyper-parameters with defaults>)``: everything needed to
+  rebuild it from a checkpoint. It calls ``super().__init__(image_size, task_names, prompts)``; the base class
+  records the arguments the constructor was called with (defaults filled in, see ``__init_subclass__``) as
+  ``options``, and the checkpoint stores exactly these arguments. A constructor that normalises an argument
+  (e.g. ``top_k=None`` -> ``num_experts``) passes the normalised value on as a keyword to ``super().__init__``.
+  Constructors do no file, network or environment access: whatever needs it is resolved by a factory and passed
+  in (``medad_edu/models/factory.py``, which the trainer builds every model with).
 
 Any state that is not a parameter but must survive a checkpoint (score normalisation statistics, a memory bank,
 a threshold) is a registered buffer, so ``state_dict`` carries it.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -54,7 +61,37 @@ class AnomalyModel(nn.Module):
     # of a batch chose) sets this True: distributed training must then search for them after every forward.
     ddp_find_unused_parameters: ClassVar[bool] = False
 
-    def __init__(self, image_size: int, task_names: list[str], prompts: list[str] | None = None, **options: Any):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap each subclass's ``__init__`` so the arguments of the outermost call are recorded, once, before
+        it runs: a constructor then states each hyper-parameter only in its signature."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)  # keeps the signature for ``inspect.signature`` (the CLI reads it)
+        def recording_init(self, *args: Any, **kw: Any) -> None:
+            if "_declared_args" not in self.__dict__:  # a subclass's wrapper may already have recorded them
+                bound = signature.bind(self, *args, **kw)
+                bound.apply_defaults()
+                declared: dict[str, Any] = {}
+                for name, value in list(bound.arguments.items())[1:]:  # [0] is self
+                    if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                        declared.update(value)
+                    else:
+                        declared[name] = value
+                object.__setattr__(self, "_declared_args", declared)  # before nn.Module.__init__: plain setattr
+            init(self, *args, **kw)
+
+        cls.__init__ = recording_init  # type: ignore[method-assign]
+
+    def __init__(self, image_size: int, task_names: list[str], prompts: list[str] | None = None,
+                 **normalised: Any):
+        """``normalised``: arguments whose recorded value the subclass's constructor replaced (e.g. a tuple made a
+        list, ``None`` resolved to its value); they override the recorded ones in ``options``."""
+        declared = {k: v for k, v in self.__dict__.get("_declared_args", {}).items()
+                    if k not in ("image_size", "task_names", "prompts")}
         super().__init__()
         check_image_size(image_size)
         if not task_names:
@@ -64,7 +101,7 @@ class AnomalyModel(nn.Module):
         self.prompts = list(prompts) if prompts is not None else [""] * len(self.task_names)
         if len(self.prompts) != len(self.task_names):
             raise ValueError(f"{len(self.prompts)} prompts for {len(self.task_names)} tasks")
-        self.options = dict(options)
+        self.options = {**declared, **normalised}
 
     @property
     def num_tasks(self) -> int:

@@ -33,6 +33,7 @@ import torch
 from ..data import MultiTaskData, load_data
 from ..data.batches import iterate_batches, split_tensors
 from ..models.base import AnomalyModel
+from ..models.factory import make_model
 from ..models.registry import get_method
 from ..utils import atomic_write_json, peak_memory, seed_everything, to_plain
 from . import distributed
@@ -283,7 +284,7 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
         state, changes = _existing_run(run_dir, cfg, resume, allow_config_change, log,  # another process's?
                                        data_given)
 
-    model = cls(cfg.image_size, data.task_names, data.prompts, **cfg.options).to(device)
+    model = make_model(cfg.method, cfg.image_size, data.task_names, data.prompts, **cfg.options).to(device)
     channels_last = bool(cfg.channels_last) and device.type == "cuda"
     if channels_last:  # 4-d weights in NHWC; the Parameter objects stay the same
         model = model.to(memory_format=torch.channels_last)

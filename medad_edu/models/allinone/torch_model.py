@@ -42,7 +42,7 @@ Example::
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,18 @@ from .router import Router
 
 
 HALLUCINATION_FORMS = ("logvar", "published")
+
+
+class NetworkPass(NamedTuple):
+    """One pass of the network over a batch (``AllInOne._run``)."""
+
+    features: torch.Tensor  # v [B, latent], the image code
+    weights: torch.Tensor  # s [B, N], routing weights after TopK
+    probs: torch.Tensor  # [B, N], the router's softmax before TopK
+    logits: torch.Tensor  # [B, N], the router's logits (Eq. 4's input)
+    reconstruction: torch.Tensor  # x_hat [B, 1, S, S]
+    hallucination: torch.Tensor | None  # u [B, 1, S, S]; None without hallucination
+    task_ids: torch.Tensor  # [B], zeros where none were given
 
 
 class AllInOne(AnomalyModel):
@@ -84,12 +96,7 @@ class AllInOne(AnomalyModel):
         if hallucination_form not in HALLUCINATION_FORMS:
             raise ValueError(f"hallucination_form must be one of {HALLUCINATION_FORMS}; got {hallucination_form!r}")
         check_pooling(score_sigma, score_top)
-        super().__init__(image_size, task_names, prompts, num_experts=num_experts, top_k=top_k, latent=latent,
-                         hidden=hidden, prompt_dim=prompt_dim, use_prompts=use_prompts, hallucination=hallucination,
-                         alpha=alpha, beta=beta, renormalize=renormalize, error_scale=error_scale,
-                         clip_model=clip_model, clip_weights=clip_weights, clip_seed=clip_seed,
-                         hallucination_form=hallucination_form, score_sigma=score_sigma, score_top=score_top,
-                         router_image_dropout=router_image_dropout)
+        super().__init__(image_size, task_names, prompts, top_k=top_k)
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1; got {num_experts}")
         if not 1 <= top_k <= num_experts:
@@ -125,10 +132,22 @@ class AllInOne(AnomalyModel):
         self._loaded_identity: str | None = None
 
     # --- prompts --------------------------------------------------------------------------------------------
+    def attach_prompt_encoder(self, encoder: PromptEncoder) -> None:
+        """Use ``encoder`` (e.g. one with a chosen cache folder) for the prompts instead of building one."""
+        if encoder.model_name != self.options["clip_model"]:
+            raise ValueError(f"the prompt encoder is {encoder.model_name!r} but this model was built for "
+                             f"{self.options['clip_model']!r}")
+        self._prompt_encoder = encoder
+
     @property
     def prompt_encoder(self) -> PromptEncoder:
-        """The frozen text tower + cache (not a submodule: its 63M weights stay out of checkpoints)."""
+        """The frozen text tower + cache (not a submodule: its weights stay out of checkpoints).
+
+        Unless one was attached, built on first use by ``medad_edu.models.factory.make_prompt_encoder`` (which
+        resolves the weights and the disk cache), never in the constructor."""
         if self._prompt_encoder is None:
+            from ..factory import make_prompt_encoder
+
             weights = self.options["clip_weights"]
             # A loaded model encodes new prompts with the tower that made its stored features, when possible.
             ident = self._prompt_identity or ""
@@ -138,7 +157,7 @@ class AllInOne(AnomalyModel):
                 seed = self.options["clip_seed"]
                 if ":pretrained=" in ident and weights == "auto":
                     weights = ident.rsplit("=", 1)[1]
-            self._prompt_encoder = PromptEncoder(self.options["clip_model"], weights=weights, seed=seed)
+            self._prompt_encoder = make_prompt_encoder(self.options["clip_model"], weights=weights, seed=seed)
         return self._prompt_encoder
 
     @property
@@ -236,7 +255,7 @@ class AllInOne(AnomalyModel):
             return L.logvar_anomaly_map(x, x_hat, u)
         return L.anomaly_map(x, x_hat, u, self.error_scale)
 
-    def _run(self, images, task_ids, top_k=None, clip_features=None):
+    def _run(self, images, task_ids, top_k=None, clip_features=None) -> NetworkPass:
         if task_ids is None:
             if self.use_prompts and clip_features is None:
                 raise ValueError("allinone needs task_ids (which prompt each image has) when use_prompts=True")
@@ -244,12 +263,13 @@ class AllInOne(AnomalyModel):
         v = self.encoder(images)
         weights, probs, logits = self.route(v, task_ids, top_k, clip_features)
         x_hat, u = self.mixture(v, weights)
-        return v, weights, probs, logits, x_hat, u, task_ids
+        return NetworkPass(v, weights, probs, logits, x_hat, u, task_ids)
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, task_ids = batch["image"], batch["task_id"]
-        _, _, _, logits, x_hat, u, _ = self._run(x, task_ids)
-        l_rn = L.routing_loss(logits, task_ids)
+        run = self._run(x, task_ids)
+        x_hat, u = run.reconstruction, run.hallucination
+        l_rn = L.routing_loss(run.logits, task_ids)
         if not self.hallucination:
             l_re = L.reconstruction_loss(x, x_hat)
         elif self.hallucination_form == "logvar":
@@ -266,11 +286,13 @@ class AllInOne(AnomalyModel):
                 clip_features: torch.Tensor | None = None) -> AnomalyResult:
         """Inference. ``top_k`` overrides K for this call; ``clip_features`` [B, D] replaces the task prompts."""
         self.check_input(images, task_ids)
-        v, weights, probs, _, x_hat, u, _ = self._run(images, task_ids, top_k, clip_features)
+        run = self._run(images, task_ids, top_k, clip_features)
+        x_hat, u = run.reconstruction, run.hallucination
         err = L.squared_error(images, x_hat)
         amap = self._map(images, x_hat, u)
-        extras = {"reconstruction": x_hat, "error": err, "routing": weights, "router_probs": probs, "features": v,
-                  "map_no_hq": err, "score_no_hq": pool_map(err, self.score_sigma, self.score_top)}
+        extras = {"reconstruction": x_hat, "error": err, "routing": run.weights, "router_probs": run.probs,
+                  "features": run.features, "map_no_hq": err,
+                  "score_no_hq": pool_map(err, self.score_sigma, self.score_top)}
         extras["hallucination"] = u if u is not None else torch.zeros_like(x_hat)
         return AnomalyResult(amap, pool_map(amap, self.score_sigma, self.score_top), extras)
 

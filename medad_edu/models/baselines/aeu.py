@@ -40,8 +40,7 @@ class AEU(AnomalyModel):
     def __init__(self, image_size: int, task_names, prompts=None, latent: int = 16, hidden: int = 2048,
                  score_sigma: float = DEFAULT_SIGMA, score_top: float = DEFAULT_TOP):
         check_pooling(score_sigma, score_top)
-        super().__init__(image_size, task_names, prompts, latent=latent, hidden=hidden, score_sigma=score_sigma,
-                         score_top=score_top)
+        super().__init__(image_size, task_names, prompts)
         self.encoder = ConvEncoder(image_size, hidden=hidden, latent=latent)
         self.decoder = ConvDecoder(image_size, out_channels=2, latent=latent)
         self.score_sigma, self.score_top = float(score_sigma), float(score_top)

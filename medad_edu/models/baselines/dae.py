@@ -64,8 +64,7 @@ class DenoisingAE(AnomalyModel):
         check_pooling(score_sigma, score_top)
         if noise_res < 1 or noise_std <= 0:
             raise ValueError(f"noise_res must be >= 1 and noise_std > 0; got {noise_res}, {noise_std}")
-        super().__init__(image_size, task_names, prompts, width=width, depth=depth, noise_res=noise_res,
-                         noise_std=noise_std, score_sigma=score_sigma, score_top=score_top)
+        super().__init__(image_size, task_names, prompts)
         if image_size % 2 ** depth:
             raise ValueError(f"image_size {image_size} must be a multiple of 2**depth = {2 ** depth}")
         self.net = UNet(1, 1, width=width, depth=depth)

@@ -55,7 +55,7 @@ class DeepSVDD(AnomalyModel):
     def __init__(self, image_size: int, task_names, prompts=None, channels=(16, 32, 64), rep_dim: int = 32,
                  eps: float = 0.1):
         channels = [int(c) for c in channels]
-        super().__init__(image_size, task_names, prompts, channels=channels, rep_dim=rep_dim, eps=eps)
+        super().__init__(image_size, task_names, prompts, channels=channels)
         if not channels or min(channels) < 1 or rep_dim < 1:
             raise ValueError(f"channels and rep_dim must be positive; got {channels}, {rep_dim}")
         if image_size % 2 ** len(channels):

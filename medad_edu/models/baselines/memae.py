@@ -82,8 +82,7 @@ class MemAE(AnomalyModel):
 
     def __init__(self, image_size: int, task_names, prompts=None, mem_dim: int = 500, shrink_thres: float = 0.0025,
                  entropy_weight: float = 0.0002, latent_channels: int = 64):
-        super().__init__(image_size, task_names, prompts, mem_dim=mem_dim, shrink_thres=shrink_thres,
-                         entropy_weight=entropy_weight, latent_channels=latent_channels)
+        super().__init__(image_size, task_names, prompts)
         if mem_dim < 1:
             raise ValueError(f"mem_dim must be >= 1; got {mem_dim}")
         if not 0 <= shrink_thres < 1:

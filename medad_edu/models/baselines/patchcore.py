@@ -29,7 +29,8 @@ Backbones (``backbone=``):
   a machine with internet). Grey images are repeated to 3 channels and normalised with ImageNet statistics.
 - ``"run:PATH"``: the encoder of a model trained *from scratch* by this package (the multi-task learner's or
   All-in-One's run folder, or any run whose model has an ``encoder``): fully offline. Feature maps of stride 4
-  and 8 are used.
+  and 8 are used. The model factory (``medad_edu.models.factory.make_model``, used by ``train``) reads the run's
+  method and init_args into the option ``backbone_source``; the constructor only rebuilds the encoder from it.
 - ``"random"`` (default): a randomly initialised conv encoder (the All-in-One conv blocks). It works offline
   with no training at all, but random features are **weak**; it is a floor, not a competitor.
 
@@ -168,6 +169,14 @@ def _source_encoder(source: dict[str, Any]) -> tuple[nn.Module, str]:
     raise ValueError(f"patchcore: a {source['method']!r} model has no 'encoder' module to take features from")
 
 
+def backbone_source_of(run_dir: str) -> dict[str, Any]:
+    """How to rebuild a finished run's model without its folder: ``{"method", "init_args"}`` (the PatchCore
+    option ``backbone_source`` for ``backbone="run:RUN_DIR"``). Reads the run's checkpoint: the model factory calls
+    it, never the constructor."""
+    state = _read_run(run_dir)
+    return {"method": state["method"], "init_args": state["init_args"]}
+
+
 def _read_run(path: str) -> dict[str, Any]:
     from ...checkpoint_io import read_checkpoint
 
@@ -192,12 +201,9 @@ class PatchCore(AnomalyModel):
                  grid_stride: int | None = 8, per_task: bool = True, feature_dim: int | None = None,
                  blur_sigma: float | None = None, backbone_source: dict | None = None):
         if isinstance(backbone, str) and backbone.startswith("run:") and backbone_source is None:
-            state = _read_run(backbone[4:])  # remember how to rebuild the encoder without the run folder
-            backbone_source = {"method": state["method"], "init_args": state["init_args"]}
-        super().__init__(image_size, task_names, prompts, backbone=backbone, weights=weights,
-                         layers=None if layers is None else [int(v) for v in layers], coreset_ratio=coreset_ratio,
-                         projection_dim=projection_dim, grid_stride=grid_stride, per_task=per_task,
-                         feature_dim=feature_dim, blur_sigma=blur_sigma, backbone_source=backbone_source)
+            raise ValueError(f"patchcore: backbone={backbone!r} needs backbone_source (the run's method and "
+                             f"init_args); build it with medad_edu.models.factory.make_model, which reads the run")
+        super().__init__(image_size, task_names, prompts, layers=None if layers is None else [int(v) for v in layers])
         if not 0 < coreset_ratio <= 1:
             raise ValueError(f"coreset_ratio must be in (0, 1]; got {coreset_ratio}")
         if grid_stride is not None and (grid_stride < 1 or image_size % grid_stride):

@@ -29,17 +29,18 @@ diluted by the whole image; and the fifth (the default),
 normal data first is this project's design (REFERENCE.md section 3). Built by hand and compared in
 notebooks/22_mtl_scoring.ipynb.
 
-Statistics are kept per group (the data's organ/task id) and for all groups pooled (the last row, used for a
-group with fewer than two reference images and when no group is given). They are registered buffers, so a
+Statistics are kept per organ (the data set's task id: ``task_ids`` elsewhere, ``organs`` here) and for all
+organs pooled (the last row, used for an organ with fewer than two reference images and when no organ is given).
+"Task" in this module always means a *proxy* task. They are registered buffers, so a
 checkpoint restores them. Reference scores for rank fusion are stored as up to ``max_reference`` quantiles,
 padded with ``+inf``.
 
 Example::
 
-    norm = ScoreNormalizer(num_groups=5, num_tasks=6)
-    norm.fit(valid_scores, valid_groups)                 # [N, 6] raw scores of normal images, [N] organ ids
-    fused = norm.fuse(test_scores, test_groups, "rank")  # [M]
-    norm.fit_weights(valid_scores, pseudo_scores, valid_groups, pseudo_groups)  # for fusion "weighted"
+    norm = ScoreNormalizer(num_organs=5, num_proxy_tasks=6)
+    norm.fit(valid_scores, valid_organs)                 # [N, 6] raw scores of normal images, [N] organ ids
+    fused = norm.fuse(test_scores, test_organs, "rank")  # [M]
+    norm.fit_weights(valid_scores, pseudo_scores, valid_organs, pseudo_organs)  # for fusion "weighted"
 """
 from __future__ import annotations
 
@@ -90,14 +91,21 @@ def mid_rank_percentile(reference_sorted: torch.Tensor, count: torch.Tensor, sco
 
 
 class ScoreNormalizer(nn.Module):
-    def __init__(self, num_groups: int, num_tasks: int, num_map_tasks: int = 0, max_reference: int = 256):
+    """Per-organ statistics of the proxy tasks' failure scores on normal images, and the fusion rules.
+
+    ``num_organs``: how many organs (the data set's tasks, indexed by ``task_ids``); ``num_proxy_tasks``: how many
+    proxy tasks (columns T of the scores); ``num_map_tasks``: how many of them have a failure map (Tm). Buffers
+    are ``[organs + 1 (pooled), proxy tasks, ...]``.
+    """
+
+    def __init__(self, num_organs: int, num_proxy_tasks: int, num_map_tasks: int = 0, max_reference: int = 256):
         super().__init__()
-        if num_groups < 1 or num_tasks < 1:
-            raise ValueError(f"need num_groups >= 1 and num_tasks >= 1; got {num_groups}, {num_tasks}")
+        if num_organs < 1 or num_proxy_tasks < 1:
+            raise ValueError(f"need num_organs >= 1 and num_proxy_tasks >= 1; got {num_organs}, {num_proxy_tasks}")
         if max_reference < 2:
             raise ValueError(f"max_reference must be >= 2; got {max_reference}")
-        g, t = num_groups + 1, num_tasks  # + the pooled row
-        self.num_groups, self.num_tasks, self.num_map_tasks = num_groups, num_tasks, num_map_tasks
+        g, t = num_organs + 1, num_proxy_tasks  # + the pooled row
+        self.num_organs, self.num_proxy_tasks, self.num_map_tasks = num_organs, num_proxy_tasks, num_map_tasks
         self.max_reference = max_reference
         self.register_buffer("mean", torch.zeros(g, t))
         self.register_buffer("std", torch.ones(g, t))
@@ -108,113 +116,114 @@ class ScoreNormalizer(nn.Module):
         self.register_buffer("map_mean", torch.zeros(g, max(num_map_tasks, 1)))
         self.register_buffer("map_std", torch.ones(g, max(num_map_tasks, 1)))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
-        # task weights of the ``weighted`` fusion (uniform until ``fit_weights``) and the pseudo-anomaly AUROCs
+        # proxy-task weights of the ``weighted`` fusion (uniform until ``fit_weights``) and the pseudo-anomaly AUROCs
         self.register_buffer("weights", torch.full((g, t), 1.0 / t))
         self.register_buffer("pseudo_auroc", torch.full((g, t), 0.5))
 
     # --- fitting -----------------------------------------------------------------------------------------------
-    def _rows(self, groups: torch.Tensor) -> list[torch.Tensor]:
-        """Boolean selectors of the reference images for each row (groups, then all pooled)."""
-        return [groups == gi for gi in range(self.num_groups)] + [torch.ones_like(groups, dtype=torch.bool)]
+    def _rows(self, organs: torch.Tensor) -> list[torch.Tensor]:
+        """Boolean selectors of the reference images for each row (each organ, then all organs pooled)."""
+        return [organs == organ for organ in range(self.num_organs)] + [torch.ones_like(organs, dtype=torch.bool)]
 
     @torch.no_grad()
-    def fit(self, scores: torch.Tensor, groups: torch.Tensor, map_mean: torch.Tensor | None = None,
+    def fit(self, scores: torch.Tensor, organs: torch.Tensor, map_mean: torch.Tensor | None = None,
             map_sq_mean: torch.Tensor | None = None, eps: float = 1e-6) -> "ScoreNormalizer":
-        """Fit on normal images: ``scores`` [N, T] raw; ``groups`` [N] in [0, G); optional per-image pixel
+        """Fit on normal images: ``scores`` [N, T] raw; ``organs`` [N] in [0, G); optional per-image pixel
         means ``map_mean`` and means of squares ``map_sq_mean`` [N, Tm] of the failure maps."""
-        scores, groups = scores.float().cpu(), groups.long().cpu()
-        if scores.ndim != 2 or scores.shape[1] != self.num_tasks or groups.shape != (len(scores),):
-            raise ValueError(f"scores must be [N, {self.num_tasks}] and groups [N]; got {tuple(scores.shape)}, "
-                             f"{tuple(groups.shape)}")
+        scores, organs = scores.float().cpu(), organs.long().cpu()
+        if scores.ndim != 2 or scores.shape[1] != self.num_proxy_tasks or organs.shape != (len(scores),):
+            raise ValueError(f"scores must be [N, {self.num_proxy_tasks}] and organs [N]; got {tuple(scores.shape)}, "
+                             f"{tuple(organs.shape)}")
         if len(scores) < 2:
             raise ValueError(f"need at least 2 normal reference images to fit the normalisation; got {len(scores)}")
-        if groups.min() < 0 or groups.max() >= self.num_groups:
-            raise ValueError(f"groups must be in [0, {self.num_groups}); got {groups.unique().tolist()}")
-        rows = self._rows(groups)
+        if organs.min() < 0 or organs.max() >= self.num_organs:
+            raise ValueError(f"organs must be in [0, {self.num_organs}); got {organs.unique().tolist()}")
+        rows = self._rows(organs)
         pooled = rows[-1]
         m = self.max_reference
-        for gi, sel in enumerate(rows):
+        for row, sel in enumerate(rows):
             if int(sel.sum()) < 2:  # too few references of this organ: use all organs pooled
                 sel = pooled
             s = scores[sel]
-            self.mean[gi] = s.mean(0)
-            self.std[gi] = s.std(0, unbiased=False).clamp_min(eps)
+            self.mean[row] = s.mean(0)
+            self.std[row] = s.std(0, unbiased=False).clamp_min(eps)
             med = s.median(0).values
-            self.median[gi] = med
-            self.mad[gi] = (MAD_TO_STD * (s - med).abs().median(0).values).clamp_min(eps)
+            self.median[row] = med
+            self.mad[row] = (MAD_TO_STD * (s - med).abs().median(0).values).clamp_min(eps)
             ref = s.sort(0).values.T  # [T, n]
             if ref.shape[1] > m:  # keep m evenly spaced quantiles
                 ref = torch.quantile(ref, torch.linspace(0, 1, m), dim=1).T
-            self.reference[gi] = float("inf")
-            self.reference[gi, :, :ref.shape[1]] = ref
-            self.count[gi] = ref.shape[1]
+            self.reference[row] = float("inf")
+            self.reference[row, :, :ref.shape[1]] = ref
+            self.count[row] = ref.shape[1]
             if map_mean is not None and self.num_map_tasks:
                 mu = map_mean.float().cpu()[sel].mean(0)
                 sq = map_sq_mean.float().cpu()[sel].mean(0)
-                self.map_mean[gi] = mu
-                self.map_std[gi] = (sq - mu ** 2).clamp_min(0).sqrt().clamp_min(eps)
+                self.map_mean[row] = mu
+                self.map_std[row] = (sq - mu ** 2).clamp_min(0).sqrt().clamp_min(eps)
         self.fitted.fill_(True)
         return self
 
     @torch.no_grad()
-    def fit_weights(self, clean: torch.Tensor, pseudo: torch.Tensor, clean_groups: torch.Tensor,
-                    pseudo_groups: torch.Tensor, power: float = 2.0) -> torch.Tensor:
+    def fit_weights(self, clean: torch.Tensor, pseudo: torch.Tensor, clean_organs: torch.Tensor,
+                    pseudo_organs: torch.Tensor, power: float = 2.0) -> torch.Tensor:
         """Weights of the ``weighted`` fusion from raw scores of normal images ``clean`` [N, T] and of pseudo-
-        anomalies made from them ``pseudo`` [M, T] (groups [N], [M]); per organ, then all pooled (last row).
+        anomalies made from them ``pseudo`` [M, T] (organs [N], [M]); per organ, then all pooled (last row).
         Returns the weights ``[G+1, T]``."""
         if power <= 0:
             raise ValueError(f"power must be > 0; got {power}")
         clean, pseudo = clean.float().cpu(), pseudo.float().cpu()
-        cg, pg = clean_groups.long().cpu(), pseudo_groups.long().cpu()
-        if clean.shape[1] != self.num_tasks or pseudo.shape[1] != self.num_tasks:
-            raise ValueError(f"scores must have {self.num_tasks} columns; got {tuple(clean.shape)}, {tuple(pseudo.shape)}")
-        c_rows, p_rows = self._rows(cg), self._rows(pg)
-        for gi, (cs, ps) in enumerate(zip(c_rows, p_rows)):
+        co, po = clean_organs.long().cpu(), pseudo_organs.long().cpu()
+        if clean.shape[1] != self.num_proxy_tasks or pseudo.shape[1] != self.num_proxy_tasks:
+            raise ValueError(f"scores must have {self.num_proxy_tasks} columns; got {tuple(clean.shape)}, "
+                             f"{tuple(pseudo.shape)}")
+        c_rows, p_rows = self._rows(co), self._rows(po)
+        for row, (cs, ps) in enumerate(zip(c_rows, p_rows)):
             if int(cs.sum()) < 2 or int(ps.sum()) < 2:  # too few images of this organ: all organs pooled
                 cs, ps = c_rows[-1], p_rows[-1]
-            self.pseudo_auroc[gi] = pairwise_auroc(pseudo[ps], clean[cs])
+            self.pseudo_auroc[row] = pairwise_auroc(pseudo[ps], clean[cs])
         self.weights.copy_(auroc_weights(self.pseudo_auroc, power))
         return self.weights
 
     # --- applying ----------------------------------------------------------------------------------------------
-    def _row(self, groups: torch.Tensor | None, n: int, device) -> torch.Tensor:
-        if groups is None:
-            return torch.full((n,), self.num_groups, dtype=torch.long, device=device)
-        return groups.long().to(device)
+    def _row(self, organs: torch.Tensor | None, n: int, device) -> torch.Tensor:
+        if organs is None:
+            return torch.full((n,), self.num_organs, dtype=torch.long, device=device)
+        return organs.long().to(device)
 
-    def normalize(self, scores: torch.Tensor, groups: torch.Tensor | None, method: str = "zscore") -> torch.Tensor:
+    def normalize(self, scores: torch.Tensor, organs: torch.Tensor | None, method: str = "zscore") -> torch.Tensor:
         """Normalised scores ``[B, T]`` (z-scores, robust z-scores or percentiles; ``map``, ``weighted`` ->
         z-scores)."""
         check_fusion(method)
-        row = self._row(groups, len(scores), scores.device)
+        row = self._row(organs, len(scores), scores.device)
         if method in ("zscore", "map", "weighted"):
             return (scores - self.mean[row]) / self.std[row]
         if method == "robust":
             return (scores - self.median[row]) / self.mad[row]
         return mid_rank_percentile(self.reference[row], self.count[row], scores.unsqueeze(-1)).squeeze(-1)
 
-    def fuse(self, scores: torch.Tensor, groups: torch.Tensor | None, method: str = "zscore") -> torch.Tensor:
-        """One score per image: the mean of the normalised task scores, for ``weighted`` their weighted sum with
+    def fuse(self, scores: torch.Tensor, organs: torch.Tensor | None, method: str = "zscore") -> torch.Tensor:
+        """One score per image: the mean of the normalised proxy-task scores, for ``weighted`` their weighted sum with
         the organ's weights (for ``map`` use ``fuse_map``)."""
         if method == "map":
-            raise ValueError("fusion 'map' scores the fused anomaly map: use fuse_map(maps, groups)")
-        norm = self.normalize(scores, groups, method)
+            raise ValueError("fusion 'map' scores the fused anomaly map: use fuse_map(maps, organs)")
+        norm = self.normalize(scores, organs, method)
         if method == "weighted":
-            return (norm * self.weights[self._row(groups, len(scores), scores.device)]).sum(1)
+            return (norm * self.weights[self._row(organs, len(scores), scores.device)]).sum(1)
         return norm.mean(1)
 
-    def fuse_map(self, maps: torch.Tensor, groups: torch.Tensor | None,
+    def fuse_map(self, maps: torch.Tensor, organs: torch.Tensor | None,
                  top_fraction: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
         """``(fused map [B,1,H,W], image score [B])``: mean of the pixel-normalised maps, then the mean of its
         ``top_fraction`` highest pixels."""
-        fused = self.normalize_maps(maps, groups).mean(1, keepdim=True)
+        fused = self.normalize_maps(maps, organs).mean(1, keepdim=True)
         flat = fused.flatten(1)
         k = max(1, int(round(top_fraction * flat.shape[1])))
         return fused, flat.topk(k, dim=1).values.mean(1)
 
-    def normalize_maps(self, maps: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
-        """``[B, Tm, H, W]`` maps -> pixel z-scores with the per-(organ, task) pixel statistics."""
-        row = self._row(groups, len(maps), maps.device)
+    def normalize_maps(self, maps: torch.Tensor, organs: torch.Tensor | None) -> torch.Tensor:
+        """``[B, Tm, H, W]`` maps -> pixel z-scores with the per-(organ, proxy task) pixel statistics."""
+        row = self._row(organs, len(maps), maps.device)
         return (maps - self.map_mean[row][:, :, None, None]) / self.map_std[row][:, :, None, None]
 
 

@@ -12,33 +12,40 @@ notebooks/20_mtl_proxy_tasks.ipynb, 21_mtl_moe.ipynb, 22_mtl_scoring.ipynb and 2
 Two designs (``design``). ``"unet"``, the quick and paper default (``unet_model.py``, notebooks/24_mtl_unet.ipynb):
 a full-resolution U-Net whose bottleneck is a Mixture-of-Experts gated by (proxy task, organ), trained on the three
 proxy tasks that detect lesions on the validation splits (coarse-noise removal and pseudo-lesion segmentation at full
-resolution, uncertainty-weighted reconstruction from the bottleneck); its task weights come from the validation split's abnormal images (``weight_source="validation"``;
-pseudo-anomalies for an organ without any). ``"classic"`` (``MultiTaskLearner.CLASSIC``; ``torch_model.py``,
-chapters 20-23): the first design, six proxy tasks on a light half-resolution trunk, weights from pseudo-anomalies;
-kept as the ablation row, since on the embedded data its global tasks fail at random and its pixel heads under-fit.
+resolution, uncertainty-weighted reconstruction from the bottleneck); its proxy-task weights come from the
+validation split's abnormal images (``weight_source="validation"``; pseudo-anomalies for an organ without any).
+``"classic"`` (``MultiTaskLearner.CLASSIC``; ``torch_model.py``, chapters 20-23): the first design, six proxy tasks
+on a light half-resolution trunk, weights from pseudo-anomalies; kept as the ablation row, since on the embedded data
+its global tasks fail at random and its pixel heads under-fit.
 
 Training: ``training_loss`` = sum of the weighted task losses + ``balance_weight`` x load-balancing term (each
 task's loss is reported too). After training, ``on_train_end`` runs every task on the validation split's
-normal images (the training images for an organ without them) and fits, per organ and per task, the score
+normal images (the training images for an organ without them) and fits, per organ and per proxy task, the score
 statistics for z-score / robust / rank fusion and the pixel statistics of the failure maps (buffers, so a
 checkpoint keeps them). It then makes ``PSEUDO_COPIES`` synthetic anomalies from each of these normal images
 (``synthesize_anomalies`` of the NSA baseline: same-organ patches pasted elsewhere, fixed seed ``PSEUDO_SEED``)
-and fits the task weights of the ``weighted`` fusion: per organ, each task weighs ``max(AUROC - 0.5, 0) **
+and fits the proxy-task weights of the ``weighted`` fusion: per organ, each proxy task weighs ``max(AUROC - 0.5, 0) **
 weight_power``, its AUROC being how well its failure score tells these pseudo-anomalies from the clean images.
 No label and no test image is used. The pseudo-anomalies are deliberately *not* those of the lesion task
 (whose generator paints ellipses, textures and blends), so the lesion task is judged on corruptions it has not
 been trained on instead of being rewarded for recognising its own. Why weigh at all: on the embedded data
-several tasks fail at random on some organs, and a plain mean lets them dilute the ones that detect (with the
-same two trained quick models, test mean image AUROC 0.525 / 0.537 with ``robust``, 0.590 / 0.593 with
-``weighted``; the 20 + 20 validation images per organ are too few to rank the fusions, see notebook 23).
+several tasks fail at random on some organs, and a plain mean lets them dilute the ones that detect (the fusions
+are compared on trained models in notebooks/22_mtl_scoring.ipynb and 23_mtl_ablations.ipynb).
 
-Inference: ``forward(images, task_ids)`` -> ``AnomalyResult(anomaly_map, pred_score, extras)`` with
+Words: a *proxy task* is one of the learner's self-supervised tasks (``proxy_tasks``: denoise, lesion, ...); an
+*organ* is one of the data set's tasks (``task_names``, indexed by ``task_ids``). Names that other code, stored
+notebooks or checkpoints read keep the word "task" for proxy tasks (the option ``proxy_tasks``, the extras
+``task_scores`` / ``task_maps``, ``net.tasks``, ``net.task_names``, the MoE's ``gate_task``).
+
+Inference: ``forward(images, task_ids)`` (``task_ids``: each image's organ) ->
+``AnomalyResult(anomaly_map, pred_score, extras)`` with
 ``anomaly_map`` the mean of the pixel-normalised failure maps (with ``weighted``: weighted by the map tasks'
 weights), ``pred_score`` the fused score (``weighted``, the default: the weighted mean of the z-scores;
 ``zscore``, ``robust`` or ``rank``: the plain mean of the normalised task scores; ``map``: the mean of the top
 ``map_top`` = 1 % pixels of the anomaly map, falling back to z-scores without any map task),
-and extras ``task_scores`` [B, T] (raw), ``task_scores_norm`` [B, T], ``task_maps`` [B, Tm, S, S]
-(normalised) and ``gates`` [B, T, E] (mean gate weights per proxy task).
+and extras ``task_scores`` [B, T] (raw, one column per proxy task), ``task_scores_norm`` [B, T], ``task_maps``
+[B, Tm, S, S] (normalised, one per proxy task with a map) and ``gates`` [B, T, E] (mean gate weights per proxy
+task).
 
 Options (constructor arguments, stored in checkpoints; ``--option`` on the command line):
 
@@ -50,7 +57,7 @@ Options (constructor arguments, stored in checkpoints; ``--option`` on the comma
   the fused map; ``weight_power``: exponent of the ``weighted`` fusion's weights (2: chosen on the validation
   split, where it beat 1 for both seeds; see notebooks/23_mtl_ablations.ipynb);
   ``top_fraction``: pooling of each task's own map into its image score (1 = the mean);
-- ``max_reference``: how many reference quantiles rank fusion keeps per (organ, task);
+- ``max_reference``: how many reference quantiles rank fusion keeps per (organ, proxy task);
 - ``lesion_weight``: loss weight of the lesion task (1 by default; its per-pixel BCE of a sparse mask is small
   beside the other tasks' cross-entropies, so its share of the shared trunk's gradient is small; 5 did not help
   in the ablation of notebooks/23_mtl_ablations.ipynb).
@@ -77,7 +84,7 @@ from .torch_model import MTLNetwork
 from .unet_model import UNET_TASKS, UNetMTLNetwork
 
 DESIGNS = ("unet", "classic")
-# Where the ``weighted`` fusion's per-organ task weights come from: pseudo-anomalies made from validation normals
+# Where the ``weighted`` fusion's per-organ proxy-task weights come from: pseudo-anomalies made from validation normals
 # (label-free), or the validation split's own abnormal images where an organ has them (pseudo-anomalies for an
 # organ without any). Never the test split.
 WEIGHT_SOURCES = ("pseudo", "validation")
@@ -87,7 +94,7 @@ class MultiTaskLearner(AnomalyModel):
     name = "mtl"
     # Each MoE expert runs only on the images routed to it: one that no image of a batch chose gets no gradient.
     ddp_find_unused_parameters = True
-    # CPU, 64 px: one universal model over the five embedded tasks in a few minutes.
+    # CPU, 64 px: one universal model over the five embedded organs in a few minutes.
     # Each training image is used by the three proxy tasks per step, so an epoch costs several AE epochs.
     QUICK: dict[str, Any] = {"epochs": 20, "batch_size": 32, "lr": 1e-3, "design": "unet",
                              "proxy_tasks": list(UNET_TASKS), "width": 16, "depth": 3, "num_experts": 4, "top_k": 2,
@@ -130,31 +137,27 @@ class MultiTaskLearner(AnomalyModel):
             raise ValueError(f"balance_weight must be >= 0; got {balance_weight}")
         if moe and not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k must be in [1, num_experts={num_experts}]; got {top_k}")
-        super().__init__(image_size, task_names, prompts, proxy_tasks=proxy_tasks, moe=moe, num_experts=num_experts,
-                         top_k=top_k, moe_layers=moe_layers, width=width, clusters=clusters, fusion=fusion,
-                         balance_weight=balance_weight, top_fraction=top_fraction, max_reference=max_reference,
-                         uncertainty=uncertainty, map_top=map_top, weight_power=weight_power,
-                         lesion_weight=lesion_weight, design=design, depth=depth, score_sigma=score_sigma,
-                         score_top=score_top, weight_source=weight_source)
+        super().__init__(image_size, task_names, prompts, proxy_tasks=proxy_tasks)
         self.weight_source = weight_source
         self.design = design
         if design == "unet":
             self.net = UNetMTLNetwork(image_size, proxy_tasks, width=width, depth=depth, moe=moe,
                                       num_experts=num_experts, top_k=top_k, moe_layers=moe_layers,
                                       num_organs=len(task_names))
-            for task in self.net.tasks.values():
-                task.score_sigma, task.score_top = float(score_sigma), float(score_top)
+            for proxy in self.net.tasks.values():
+                proxy.score_sigma, proxy.score_top = float(score_sigma), float(score_top)
         else:
             self.net = MTLNetwork(image_size, proxy_tasks, width=width, moe=moe, num_experts=num_experts,
                                   top_k=top_k, moe_layers=moe_layers, clusters=clusters, uncertainty=uncertainty)
-            for task in self.net.tasks.values():  # the U-Net design's tasks pool with score_sigma / score_top
-                task.top_fraction = top_fraction
+            for proxy in self.net.tasks.values():  # the U-Net design's proxy tasks pool with score_sigma / score_top
+                proxy.top_fraction = top_fraction
         if "lesion" in self.net.tasks and design == "classic":  # the sparse-mask BCE (~0.1) is small beside the cross-entropies (~0.5-1)
             self.net.tasks["lesion"].loss_weight = float(lesion_weight)
         self.fusion = fusion
         self.map_top = map_top
         self.balance_weight = balance_weight
         self.weight_power = float(weight_power)
+        # the base class's "tasks" (task_names, num_tasks) are the data set's organs
         self.normalizer = ScoreNormalizer(self.num_tasks, len(proxy_tasks), len(self.net.map_task_names),
                                           max_reference)
 
@@ -176,7 +179,7 @@ class MultiTaskLearner(AnomalyModel):
         images = batch["image"]
         # corruptions draw from a generator seeded by the global RNG: seeded runs repeat, resumed runs continue
         gen = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 62, (1,))))
-        losses = self.net.losses(images, gen, batch.get("task_id"))
+        losses = self.net.losses(images, gen, batch.get("task_id"))  # the batch's task_id is each image's organ
         total = self.balance_weight * losses["balance"]
         for name in self.net.task_names:
             total = total + self.net.tasks[name].loss_weight * losses[name]
@@ -184,79 +187,81 @@ class MultiTaskLearner(AnomalyModel):
 
     def on_train_end(self, data, device: torch.device, batch_size: int = 64) -> None:
         """Fit the normalisation statistics on held-out normal images, per organ and per proxy task, then the
-        ``weighted`` fusion's task weights on pseudo-anomalies made from the same images."""
-        images, groups = self._reference_images(data)
+        ``weighted`` fusion's proxy-task weights on pseudo-anomalies made from the same images."""
+        images, organs = self._reference_images(data)
         scores, means, sqs = [], [], []
         for start in range(0, len(images), batch_size):
             s, maps, _ = self._failures(images[start:start + batch_size].to(device),
-                                        groups[start:start + batch_size].to(device))
+                                        organs[start:start + batch_size].to(device))
             scores.append(s.float().cpu())
             if maps is not None:
                 means.append(maps.float().mean((2, 3)).cpu())
                 sqs.append((maps.float() ** 2).mean((2, 3)).cpu())
         clean = torch.cat(scores)
-        self.normalizer.fit(clean, groups, torch.cat(means) if means else None, torch.cat(sqs) if sqs else None)
-        pseudo, pseudo_groups = self.pseudo_anomalies(images, groups)
+        self.normalizer.fit(clean, organs, torch.cat(means) if means else None, torch.cat(sqs) if sqs else None)
+        pseudo, pseudo_organs = self.pseudo_anomalies(images, organs)
         if self.weight_source == "validation":
-            pseudo, pseudo_groups = self._validation_positives(data, pseudo, pseudo_groups)
+            pseudo, pseudo_organs = self._validation_positives(data, pseudo, pseudo_organs)
         pscores = [self._failures(pseudo[start:start + batch_size].to(device),
-                                  pseudo_groups[start:start + batch_size].to(device))[0].float().cpu()
+                                  pseudo_organs[start:start + batch_size].to(device))[0].float().cpu()
                    for start in range(0, len(pseudo), batch_size)]
-        self.normalizer.fit_weights(clean, torch.cat(pscores), groups, pseudo_groups, self.weight_power)
+        self.normalizer.fit_weights(clean, torch.cat(pscores), organs, pseudo_organs, self.weight_power)
 
-    def _failures(self, images: torch.Tensor, groups: torch.Tensor | None):
+    def _failures(self, images: torch.Tensor, organs: torch.Tensor | None):
         """The network's failures; the U-Net design's gate also reads each image's organ."""
-        return self.net.failures(images, groups) if self.design == "unet" else self.net.failures(images)
+        return self.net.failures(images, organs) if self.design == "unet" else self.net.failures(images)
 
     @staticmethod
-    def _validation_positives(data, pseudo: torch.Tensor, pseudo_groups: torch.Tensor):
+    def _validation_positives(data, pseudo: torch.Tensor, pseudo_organs: torch.Tensor):
         """The validation split's abnormal images of each organ that has at least two; pseudo-anomalies for the
         other organs. Weights fitted on these tell which proxy task fails on *real* lesions of that organ."""
         try:
             valid = split_tensors(data, "valid")
         except ValueError:
-            return pseudo, pseudo_groups
-        xs, gs = [], []
-        for tid in range(len(data.tasks)):
-            sel = (valid.task_ids == tid) & (valid.labels == 1)
+            return pseudo, pseudo_organs
+        xs, organ_parts = [], []
+        for organ in range(len(data.tasks)):
+            sel = (valid.task_ids == organ) & (valid.labels == 1)
             if int(sel.sum()) >= 2:
-                xs.append(valid.images[sel]); gs.append(valid.task_ids[sel])
+                xs.append(valid.images[sel]); organ_parts.append(valid.task_ids[sel])
             else:
-                keep = pseudo_groups == tid
-                xs.append(pseudo[keep]); gs.append(pseudo_groups[keep])
-        return torch.cat(xs).float(), torch.cat(gs)
+                keep = pseudo_organs == organ
+                xs.append(pseudo[keep]); organ_parts.append(pseudo_organs[keep])
+        return torch.cat(xs).float(), torch.cat(organ_parts)
 
     @torch.no_grad()
-    def pseudo_anomalies(self, images: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def pseudo_anomalies(self, images: torch.Tensor, organs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``PSEUDO_COPIES`` synthetic anomalies per normal image (NSA-style same-organ paste, fixed seed):
-        ``(images [C*N,1,S,S], groups [C*N])``. Label-free: only the normal images are needed."""
+        ``(images [C*N,1,S,S], organs [C*N])``. Label-free: only the normal images are needed."""
         gen = torch.Generator().manual_seed(self.PSEUDO_SEED)
-        out = [synthesize_anomalies(images.float().cpu(), groups.cpu(), gen, blend="paste", p_anomaly=1.0)[0]
+        out = [synthesize_anomalies(images.float().cpu(), organs.cpu(), gen, blend="paste", p_anomaly=1.0)[0]
                for _ in range(self.PSEUDO_COPIES)]
-        return torch.cat(out), groups.cpu().repeat(self.PSEUDO_COPIES)
+        return torch.cat(out), organs.cpu().repeat(self.PSEUDO_COPIES)
 
     def _reference_images(self, data) -> tuple[torch.Tensor, torch.Tensor]:
         """Normal validation images of every organ; an organ without any uses its training images."""
-        parts_x, parts_g = [], []
+        parts_x, parts_organ = [], []
         try:
             valid = split_tensors(data, "valid")
-        except ValueError:  # no task has a validation split
+        except ValueError:  # no organ has a validation split
             valid = None
         train = split_tensors(data, "train")
-        for tid in range(len(data.tasks)):
+        for organ in range(len(data.tasks)):
             if valid is not None:
-                sel = (valid.task_ids == tid) & (valid.labels == 0)
+                sel = (valid.task_ids == organ) & (valid.labels == 0)
                 if int(sel.sum()) >= 2:
                     parts_x.append(valid.images[sel])
-                    parts_g.append(valid.task_ids[sel])
+                    parts_organ.append(valid.task_ids[sel])
                     continue
-            sel = train.task_ids == tid
+            sel = train.task_ids == organ
             parts_x.append(train.images[sel])
-            parts_g.append(train.task_ids[sel])
-        return torch.cat(parts_x), torch.cat(parts_g)
+            parts_organ.append(train.task_ids[sel])
+        return torch.cat(parts_x), torch.cat(parts_organ)
 
     # --- inference ---------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, task_ids: torch.Tensor | None = None) -> AnomalyResult:
+        """``task_ids`` [B]: each image's organ (the data set's task id; the models' common argument name). The
+        extras ``task_scores``, ``task_scores_norm`` and ``task_maps`` are per *proxy* task (names kept)."""
         self.check_input(images, task_ids)
         raw, maps, gates = self._failures(images, task_ids)
         norm = self.normalizer.normalize(raw, task_ids, self.fusion)
@@ -265,7 +270,7 @@ class MultiTaskLearner(AnomalyModel):
         if maps is not None:
             zmaps = self.normalizer.normalize_maps(maps, task_ids)
             amap, map_score = self.normalizer.fuse_map(maps, task_ids, self.map_top)
-            if self.fusion == "weighted":  # the map tasks' weights, renormalised over the map tasks
+            if self.fusion == "weighted":  # the weights of the proxy tasks with a map, renormalised over them
                 row = self.normalizer._row(task_ids, len(raw), raw.device)
                 w = self.normalizer.weights[row][:, self._map_columns]
                 w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
@@ -274,7 +279,7 @@ class MultiTaskLearner(AnomalyModel):
             extras["task_maps"] = zmaps
             if self.fusion == "map":
                 score = map_score
-        else:  # no task with a map: a flat map at the (z-score fused) image score
+        else:  # no proxy task with a map: a flat map at the (z-score fused) image score
             amap = score.view(-1, 1, 1, 1).expand(-1, 1, self.image_size, self.image_size)
         return AnomalyResult(amap, score, extras)
 

@@ -80,11 +80,16 @@ def balance_loss(probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 class MoELayer(nn.Module):
-    """Task- and input-conditioned top-k mixture of conv experts; ``forward(h, task) -> (out, info)``.
+    """Task- and input-conditioned top-k mixture of conv experts; ``forward(h, proxy_task) -> (out, info)``.
 
     ``num_experts=1`` is the plain shared trunk (one residual block, gate always 1), used by the ``moe=False``
     ablation. ``info`` holds ``probs`` [N, E] (softmax), ``weights`` [N, E] (top-k, renormalised) and
     ``balance`` (the load-balancing term, 0 for a single expert).
+
+    "Task" here means *proxy* task: ``num_tasks`` is the number of rows of the gate table ``U`` (parameter
+    ``gate_task``; buffer ``usage``), one per proxy task, and ``proxy_task`` [N] picks each sample's row. The U-Net
+    design uses one row per (proxy task, organ) pair (``unet_model.UNetMTLNetwork.gate_index``). The names
+    ``num_tasks`` and ``gate_task`` are kept as they are: checkpoints and the book use them.
     """
 
     def __init__(self, channels: int, num_experts: int = 4, num_tasks: int = 1, top_k: int = 2):
@@ -104,19 +109,19 @@ class MoELayer(nn.Module):
         nn.init.normal_(self.gate_task, std=1.0)  # distinct starting preferences per task
         self.register_buffer("usage", torch.zeros(num_tasks, num_experts))  # sum of gate weights per task
 
-    def gate(self, h: torch.Tensor, task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(probs, weights)``: softmax of ``W_x . GAP(h) + b + U[task]``, then top-k renormalised."""
-        logits = self.gate_x(h.mean((2, 3))) + self.gate_task[task]
+    def gate(self, h: torch.Tensor, proxy_task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(probs, weights)``: softmax of ``W_x . GAP(h) + b + U[proxy_task]``, then top-k renormalised."""
+        logits = self.gate_x(h.mean((2, 3))) + self.gate_task[proxy_task]
         probs = logits.softmax(-1)
         return probs, topk_gate(probs, self.top_k)
 
-    def forward(self, h: torch.Tensor, task: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if task.shape != (h.shape[0],):
-            raise ValueError(f"task must have shape [{h.shape[0]}]; got {tuple(task.shape)}")
+    def forward(self, h: torch.Tensor, proxy_task: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if proxy_task.shape != (h.shape[0],):
+            raise ValueError(f"proxy_task must have shape [{h.shape[0]}]; got {tuple(proxy_task.shape)}")
         if self.num_experts == 1:
             ones = h.new_ones(h.shape[0], 1)
             return h + self.experts[0](h), {"probs": ones, "weights": ones, "balance": h.new_zeros(())}
-        probs, weights = self.gate(h, task)
+        probs, weights = self.gate(h, proxy_task)
         mixed = torch.zeros_like(h)
         for e, expert in enumerate(self.experts):  # loop over experts, each on the samples routed to it
             idx = (weights[:, e] > 0).nonzero(as_tuple=True)[0]
@@ -126,14 +131,14 @@ class MoELayer(nn.Module):
             mixed = mixed.index_add(0, idx, w * expert(h.index_select(0, idx)))
         if self.training:
             with torch.no_grad():
-                self.usage.index_add_(0, task, weights.detach().to(self.usage.dtype))
+                self.usage.index_add_(0, proxy_task, weights.detach().to(self.usage.dtype))
         return h + mixed, {"probs": probs, "weights": weights, "balance": balance_loss(probs, weights)}
 
-    def forward_dense(self, h: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+    def forward_dense(self, h: torch.Tensor, proxy_task: torch.Tensor) -> torch.Tensor:
         """Reference computation: every expert on every sample, weighted (for tests and the book)."""
         if self.num_experts == 1:
             return h + self.experts[0](h)
-        _, weights = self.gate(h, task)
+        _, weights = self.gate(h, proxy_task)
         outs = torch.stack([expert(h) for expert in self.experts], 1)  # [N, E, C, h, w]
         return h + (weights[:, :, None, None, None] * outs).sum(1)
 

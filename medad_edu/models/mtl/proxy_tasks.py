@@ -7,9 +7,10 @@ Georgescu (arXiv 2307.07534). Each task is explained and built by hand in notebo
 
 Every task is a small ``nn.Module`` with the same interface:
 
-- ``corrupt(images, generator, groups=None) -> (inputs, targets)``: training inputs and targets for a batch
+- ``corrupt(images, generator, organs=None) -> (inputs, targets)``: training inputs and targets for a batch
   ``[B,1,S,S]`` in [0, 1]; batched (no loop over samples) and deterministic under the ``torch.Generator``'s seed
-  (``groups``, the organ of each image, is only used by the lesion task to paste from the same organ).
+  (``organs``, the organ of each image -- the data set's task id -- is only used by the lesion task to paste from
+  the same organ). "Task" in the MTL code means a *proxy* task; the data set's tasks are called organs there.
 - ``views(images) -> (inputs, targets)``: the *fixed* set of ``num_views`` corruptions used at inference
   (e.g. the 4 rotations, 4 complementary masks, fixed noise fields), stacked view-major ``[V*B, ...]``. They do
   not depend on a random state or on the rest of the batch, so scoring is deterministic.
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..components import bounded_logvar, smooth_noise
+from ..synthesis import affine_warp, same_group_partners
 from .heads import BottleneckHead, DenseHead, GlobalHead, GridHead
 
 VIEW_SEED = 1234  # seeds the fixed inference views (noise fields, jigsaw permutations)
@@ -56,6 +58,26 @@ def _rand(shape: Sequence[int], generator: torch.Generator, like: torch.Tensor) 
 
 def _randn(shape: Sequence[int], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=generator, device=generator.device).to(like.device, like.dtype)
+
+
+def check_images(task_name: str, images: torch.Tensor, image_size: int) -> None:
+    """A one-line error unless ``images`` is a ``[B,1,S,S]`` batch of the task's size."""
+    if images.ndim != 4 or images.shape[1] != 1 or images.shape[-1] != image_size:
+        raise ValueError(f"{task_name}: images must be [B,1,{image_size},{image_size}]; got {tuple(images.shape)}")
+
+
+def at_least(task_name: str, option: str, value: int, low: int) -> int:
+    """``value``, or a one-line error if it is below ``low``."""
+    if value < low:
+        raise ValueError(f"{task_name}: {option} must be >= {low}; got {value}")
+    return value
+
+
+def gain_and_noise(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Training inputs of the whole-image tasks: a mild random gain in [0.9, 1.1] and noise of std 0.02, so the
+    head must generalise rather than memorise (the target stays the clean image or its label)."""
+    gain = 0.9 + 0.2 * _rand((len(images), 1, 1, 1), generator, images)
+    return (images * gain + 0.02 * _randn(images.shape, generator, images)).clamp(0, 1)
 
 
 coarse_noise = smooth_noise  # smooth noise [n,1,size,size] on a res x res grid (models/components.py)
@@ -114,13 +136,12 @@ class ProxyTask(nn.Module):
         self.top_fraction = 1.0  # how a failure map is pooled into the image score (set by the learner)
 
     def _check(self, images: torch.Tensor) -> None:
-        if images.ndim != 4 or images.shape[1] != 1 or images.shape[-1] != self.image_size:
-            raise ValueError(f"{self.name}: images must be [B,1,{self.image_size},{self.image_size}]; "
-                             f"got {tuple(images.shape)}")
+        check_images(self.name, images, self.image_size)
 
     def corrupt(self, images: torch.Tensor, generator: torch.Generator,
-                groups: torch.Tensor | None = None) -> tuple[torch.Tensor, Targets]:
-        """``groups`` [B] (the organ/task id of each image) is used only by tasks that pair images."""
+                organs: torch.Tensor | None = None) -> tuple[torch.Tensor, Targets]:
+        """``organs`` [B] (the organ of each image: the data set's task id) is used only by the proxy tasks that
+        pair images."""
         raise NotImplementedError
 
     def views(self, images: torch.Tensor) -> tuple[torch.Tensor, Targets]:
@@ -174,7 +195,7 @@ class Inpainting(ProxyTask):
     def _upsample(self, grid_mask: torch.Tensor) -> torch.Tensor:
         return grid_mask.repeat_interleave(self.patch, -2).repeat_interleave(self.patch, -1)
 
-    def corrupt(self, images, generator, groups=None):
+    def corrupt(self, images, generator, organs=None):
         self._check(images)
         g = self.image_size // self.patch
         mask = self._upsample((_rand((len(images), 1, g, g), generator, images) < self.ratio).to(images.dtype))
@@ -232,7 +253,7 @@ class Denoising(ProxyTask):
         self.res = int(res or max(2, image_size // 8))
         self.head = DenseHead(self.channels, 2 if self.uncertainty else 1)
 
-    def corrupt(self, images, generator, groups=None):
+    def corrupt(self, images, generator, organs=None):
         self._check(images)
         b = len(images)
         lo, hi = self.sigma
@@ -276,20 +297,15 @@ class Reconstruction(ProxyTask):
     """
 
     name, kind, aspect, has_map = "recon", "self-supervised", "global appearance (whole image)", True
-    num_views = 1
     loss_weight = 10.0
 
     def __init__(self, image_size: int, channels: Sequence[int], latent: int = 16):
         super().__init__(image_size, channels)
-        if latent < 1:
-            raise ValueError(f"recon: latent must be >= 1; got {latent}")
-        self.head = BottleneckHead(self.channels, image_size, latent)
+        self.head = BottleneckHead(self.channels, image_size, at_least(self.name, "latent", latent, 1))
 
-    def corrupt(self, images, generator, groups=None):
+    def corrupt(self, images, generator, organs=None):
         self._check(images)
-        gain = 0.9 + 0.2 * _rand((len(images), 1, 1, 1), generator, images)
-        inputs = (images * gain + 0.02 * _randn(images.shape, generator, images)).clamp(0, 1)
-        return inputs, {"image": images}
+        return gain_and_noise(images, generator), {"image": images}
 
     def views(self, images):
         self._check(images)
@@ -327,7 +343,7 @@ class Orientation(ProxyTask):
         """All four rotations ``[4,B,1,S,S]`` (k quarter turns counter-clockwise)."""
         return torch.stack([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)])
 
-    def corrupt(self, images, generator, groups=None):
+    def corrupt(self, images, generator, organs=None):
         self._check(images)
         k = (_rand((len(images),), generator, images) * 4).long().clamp_max(3)
         return self.rotations(images)[k, torch.arange(len(images), device=images.device)], {"label": k}
@@ -379,7 +395,7 @@ class Jigsaw(ProxyTask):
         idx = perm[:, :, None, None].expand(-1, -1, *tiles.shape[-2:])
         return self.untile(tiles.gather(1, idx))
 
-    def corrupt(self, images, generator, groups=None):
+    def corrupt(self, images, generator, organs=None):
         self._check(images)
         perm = _rand((len(images), self.grid ** 2), generator, images).argsort(1)
         return self.shuffle(images, perm), {"label": perm.view(-1, self.grid, self.grid)}
@@ -407,51 +423,19 @@ class Jigsaw(ProxyTask):
         return pool_map(amap, self.top_fraction), amap
 
 
-class SyntheticLesion(ProxyTask):
-    """Pseudo-anomaly segmentation: paint a synthetic lesion, predict its mask.
+class LesionSynthesis:
+    """The lesion task's synthetic lesions (no network): shapes, appearances and targets as described in
+    :class:`SyntheticLesion`; used by it and by the U-Net design's ``LesionSegmentation``."""
 
-    Lesion shape: an ellipse (radii ``S*U(r_min, r_max)``, random angle) whose border is made irregular by coarse
-    noise. Its centre is drawn inside the anatomy: from the pixels of the (smoothed) image brighter than
-    ``foreground`` (every pixel has a small floor weight, so a black image still gets a lesion), because real
-    lesions sit in tissue, not in the air around it. Appearance, one of three per image (all computed for the
-    whole batch and selected per image, so there is no loop over samples):
-
-    0. intensity change: ``x + m * delta * (1 + 0.3 n)``, ``|delta| ~ U(0.1, 0.5)``, either sign, textured by
-       coarse noise ``n``, soft edge -- the pseudo-abnormal module of Georgescu (arXiv 2307.07534);
-    1. cut-paste: a region of a *partner* image, moved by up to half the image and rescaled by ``U(0.7, 1.3)``,
-       pasted with a hard edge (CutPaste, Li et al. CVPR 2021; NSA, Schlueter et al. ECCV 2022);
-    2. foreign patch interpolation: ``x + alpha * m * (x_partner - x)``, ``alpha ~ U(0.3, 1)``, soft edge
-       (FPI, Tan et al. 2020).
-
-    The partner is a random other image of the batch *of the same organ* (``groups``; itself if it is alone):
-    tissue from another modality would be recognisable by its texture alone, a shortcut that teaches nothing
-    about anatomy (NSA pairs images of the same object class for the same reason).
-    A share ``p_clean`` of the images is left unchanged (empty mask). The target is the lesion mask restricted to
-    pixels that really changed (local mean absolute change > ``tau``), so an invisible paste is not labelled.
-    Loss: binary cross-entropy (calibrated probabilities, so the mean of the map is a meaningful score).
-    Inference: the image itself (one view); failure map: the predicted lesion probability; image score: its mean
-    (on the validation split of the ``quick`` runs the mean beat the top 10 / 2 / 0.5 % pixels).
-
-    On the embedded data this is the task that carries the detection, but it is weaker than the NSA baseline
-    (the same idea): the head *under-fits* -- NSA's network finds this task's own synthetic lesions better than
-    the task does, with no gap between training and validation images -- because it is a light head on a trunk
-    shared with five other objectives for 12 epochs, whereas NSA trains a whole U-Net for 20. Raising its loss
-    weight (``lesion_weight``) did not help; see notebooks/23_mtl_ablations.ipynb.
-    """
-
-    name, kind, aspect, has_map = "lesion", "pseudo-anomaly", "local structure", True
-    num_views = 1
-
-    def __init__(self, image_size: int, channels: Sequence[int], radius: tuple[float, float] = (0.04, 0.18),
-                 p_clean: float = 0.2, tau: float = 0.03, foreground: float = 0.08):
-        super().__init__(image_size, channels)
+    def __init__(self, image_size: int, radius: tuple[float, float] = (0.04, 0.18), p_clean: float = 0.2,
+                 tau: float = 0.03, foreground: float = 0.08):
         if not 0 < radius[0] <= radius[1] < 0.5:
             raise ValueError(f"lesion: radius must be (low, high) fractions with 0 < low <= high < 0.5; got {radius}")
         if not 0 <= p_clean < 1:
             raise ValueError(f"lesion: p_clean must be in [0, 1); got {p_clean}")
+        self.image_size = int(image_size)
         self.radius, self.p_clean, self.tau = (float(radius[0]), float(radius[1])), float(p_clean), float(tau)
         self.foreground = float(foreground)
-        self.head = DenseHead(self.channels, 1)
 
     def centres(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Lesion centres ``(cx, cy)`` [n,1,1,1] in pixels, drawn from the smoothed foreground of each image."""
@@ -483,18 +467,11 @@ class SyntheticLesion(ProxyTask):
         edge = (border - radial) * torch.minimum(rx, ry) / 1.5  # ~1.5 px wide soft edge
         return torch.sigmoid(edge), (edge > 0).to(like.dtype)
 
-    @staticmethod
-    def partners(groups: torch.Tensor, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-        """For each image, a random other image of the same group (itself if it is the only one)."""
-        b = len(groups)
-        r = _rand((b, b), generator, like)
-        eye = torch.eye(b, dtype=torch.bool, device=like.device)
-        same = groups.to(like.device)[:, None] == groups.to(like.device)[None, :]
-        r = torch.where(same & ~eye, r, torch.full_like(r, -1.0))
-        return torch.where(eye, torch.full_like(r, -0.5), r).argmax(1)
-
-    def corrupt(self, images, generator, groups=None):
-        self._check(images)
+    def corrupt(self, images: torch.Tensor, generator: torch.Generator,
+                organs: torch.Tensor | None = None) -> tuple[torch.Tensor, Targets]:
+        """``(inputs, {"mask", "kind"})`` for a batch ``[B,1,S,S]``; ``organs`` [B] are the images' organs (all one
+        organ when ``None``)."""
+        check_images("lesion", images, self.image_size)
         b, s = len(images), self.image_size
         soft, hard = self.lesion_masks(images, generator)
         r = lambda *shape: _rand((b, *shape), generator, images)  # noqa: E731
@@ -503,13 +480,10 @@ class SyntheticLesion(ProxyTask):
         delta = sign * (0.1 + 0.4 * r(1, 1, 1)) * (1 + 0.3 * coarse_noise(b, s, max(2, s // 8), generator, images))
         x_int = images + soft * delta
         # 1: cut-paste from a partner of the same organ, moved and rescaled, hard edge
-        groups = torch.zeros(b, dtype=torch.long) if groups is None else groups
-        other = images[self.partners(groups, generator, images)]
-        theta = torch.zeros(b, 2, 3, device=images.device, dtype=images.dtype)
-        theta[:, 0, 0] = theta[:, 1, 1] = 0.7 + 0.6 * r()
-        theta[:, :, 2] = r(2) - 0.5
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        x_cut = images + hard * (F.grid_sample(other, grid, padding_mode="reflection", align_corners=False) - images)
+        organs = torch.zeros(b, dtype=torch.long) if organs is None else organs
+        other = images[same_group_partners(organs, generator, device=images.device, dtype=images.dtype)]
+        scale = 0.7 + 0.6 * r()
+        x_cut = images + hard * (affine_warp(other, scale, r(2) - 0.5) - images)
         # 2: foreign patch interpolation at the same place
         x_fpi = images + (0.3 + 0.7 * r(1, 1, 1)) * soft * (other - images)
         kind = (r() * 3).long().clamp_max(2)
@@ -519,6 +493,50 @@ class SyntheticLesion(ProxyTask):
         changed = F.avg_pool2d((inputs - images).abs(), 3, stride=1, padding=1, count_include_pad=False) > self.tau
         mask = hard * changed.to(images.dtype)
         return inputs, {"mask": mask, "kind": torch.where(clean.view(-1) > 0, -1, kind)}
+
+
+class SyntheticLesion(ProxyTask):
+    """Pseudo-anomaly segmentation: paint a synthetic lesion, predict its mask.
+
+    Lesion shape: an ellipse (radii ``S*U(r_min, r_max)``, random angle) whose border is made irregular by coarse
+    noise. Its centre is drawn inside the anatomy: from the pixels of the (smoothed) image brighter than
+    ``foreground`` (every pixel has a small floor weight, so a black image still gets a lesion), because real
+    lesions sit in tissue, not in the air around it. Appearance, one of three per image (all computed for the
+    whole batch and selected per image, so there is no loop over samples):
+
+    0. intensity change: ``x + m * delta * (1 + 0.3 n)``, ``|delta| ~ U(0.1, 0.5)``, either sign, textured by
+       coarse noise ``n``, soft edge -- the pseudo-abnormal module of Georgescu (arXiv 2307.07534);
+    1. cut-paste: a region of a *partner* image, moved by up to half the image and rescaled by ``U(0.7, 1.3)``,
+       pasted with a hard edge (CutPaste, Li et al. CVPR 2021; NSA, Schlueter et al. ECCV 2022);
+    2. foreign patch interpolation: ``x + alpha * m * (x_partner - x)``, ``alpha ~ U(0.3, 1)``, soft edge
+       (FPI, Tan et al. 2020).
+
+    The partner is a random other image of the batch *of the same organ* (``organs``; itself if it is alone;
+    chosen by ``medad_edu.models.synthesis.same_group_partners``, as NSA's): tissue from another modality would be
+    recognisable by its texture alone, a shortcut that teaches nothing about anatomy.
+    A share ``p_clean`` of the images is left unchanged (empty mask). The target is the lesion mask restricted to
+    pixels that really changed (local mean absolute change > ``tau``), so an invisible paste is not labelled.
+    Loss: binary cross-entropy (calibrated probabilities, so the mean of the map is a meaningful score).
+    Inference: the image itself (one view); failure map: the predicted lesion probability; image score: its mean
+    (on the validation split of the ``quick`` runs the mean beat the top 10 / 2 / 0.5 % pixels).
+
+    On the embedded data this is the task that carries the detection, but it is weaker than the NSA baseline
+    (the same idea): the head *under-fits* -- NSA's network finds this task's own synthetic lesions better than
+    the task does, with no gap between training and validation images -- because it is a light head on a trunk
+    shared with five other objectives for 12 epochs, whereas NSA trains a whole U-Net for 20. Raising its loss
+    weight (``lesion_weight``) did not help; see notebooks/23_mtl_ablations.ipynb.
+    """
+
+    name, kind, aspect, has_map = "lesion", "pseudo-anomaly", "local structure", True
+
+    def __init__(self, image_size: int, channels: Sequence[int], radius: tuple[float, float] = (0.04, 0.18),
+                 p_clean: float = 0.2, tau: float = 0.03, foreground: float = 0.08):
+        super().__init__(image_size, channels)
+        self.synthesis = LesionSynthesis(image_size, radius, p_clean, tau, foreground)
+        self.head = DenseHead(self.channels, 1)
+
+    def corrupt(self, images, generator, organs=None):
+        return self.synthesis.corrupt(images, generator, organs)
 
     def views(self, images):
         self._check(images)
@@ -544,14 +562,11 @@ class PseudoLabel(ProxyTask):
     """
 
     name, kind, aspect, has_map = "cluster", "pseudo-label", "global appearance", False
-    num_views = 1
     THUMB = 8
 
     def __init__(self, image_size: int, channels: Sequence[int], clusters: int = 8):
         super().__init__(image_size, channels)
-        if clusters < 2:
-            raise ValueError(f"cluster: clusters must be >= 2; got {clusters}")
-        self.clusters = clusters
+        self.clusters = at_least(self.name, "clusters", clusters, 2)
         self.head = GlobalHead(self.channels, clusters)
         self.register_buffer("centroids", torch.zeros(clusters, self.THUMB * self.THUMB))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
@@ -588,12 +603,9 @@ class PseudoLabel(ProxyTask):
                                "(the learner does it in on_train_start)")
         return torch.cdist(self.features(images), self.centroids.to(images.dtype)).argmin(1)
 
-    def corrupt(self, images, generator, groups=None):
+    def corrupt(self, images, generator, organs=None):
         self._check(images)
-        b = len(images)
-        gain = 0.9 + 0.2 * _rand((b, 1, 1, 1), generator, images)
-        inputs = (images * gain + 0.02 * _randn(images.shape, generator, images)).clamp(0, 1)
-        return inputs, {"label": self.labels(images)}
+        return gain_and_noise(images, generator), {"label": self.labels(images)}
 
     def views(self, images):
         self._check(images)
@@ -618,5 +630,6 @@ def make_task(name: str, image_size: int, channels: Sequence[int], **kwargs) -> 
     return PROXY_TASKS[name](image_size, channels, **kwargs)
 
 
-__all__ = ["DEFAULT_TASKS", "Denoising", "Inpainting", "Jigsaw", "Orientation", "PROXY_TASKS", "ProxyTask",
-           "PseudoLabel", "Reconstruction", "SyntheticLesion", "VIEW_SEED", "coarse_noise", "make_task", "pool_map"]
+__all__ = ["DEFAULT_TASKS", "Denoising", "Inpainting", "Jigsaw", "LesionSynthesis", "Orientation", "PROXY_TASKS",
+           "ProxyTask", "PseudoLabel", "Reconstruction", "SyntheticLesion", "VIEW_SEED", "at_least",
+           "check_images", "coarse_noise", "gain_and_noise", "make_task", "pool_map"]

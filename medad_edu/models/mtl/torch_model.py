@@ -34,6 +34,10 @@ from .proxy_tasks import PROXY_TASKS, ProxyTask, make_task
 
 
 class MTLNetwork(nn.Module):
+    """The classic design's network. ``tasks`` (a ``ModuleDict``) and ``task_names`` hold the *proxy* tasks (the
+    names are kept: checkpoints and the book use them); ``organs`` [B] are the images' organs (the data set's
+    ``task_ids``)."""
+
     def __init__(self, image_size: int, proxy_tasks: Sequence[str], width: int = 16, moe: bool = True,
                  num_experts: int = 4, top_k: int = 2, moe_layers: int = 2, clusters: int = 8,
                  uncertainty: bool = False):
@@ -64,12 +68,12 @@ class MTLNetwork(nn.Module):
     def task(self, name: str) -> ProxyTask:
         return self.tasks[name]
 
-    def trunk(self, x: torch.Tensor, task_index: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-        """Shared encoder + MoE layers; ``task_index`` [N] = each sample's proxy-task index."""
+    def trunk(self, x: torch.Tensor, proxy_index: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Shared encoder + MoE layers; ``proxy_index`` [N] = each sample's proxy-task index."""
         feats = self.encoder(x)
         h, balance, gates = feats[-1], x.new_zeros(()), []
         for layer in self.moe:
-            h, info = layer(h, task_index)
+            h, info = layer(h, proxy_index)
             balance = balance + info["balance"]
             gates.append(info["weights"])
         return [*feats[:-1], h], {"balance": balance, "gates": torch.stack(gates, 1)}  # gates [N, L, E]
@@ -81,13 +85,13 @@ class MTLNetwork(nn.Module):
         return self.tasks[name](feats)
 
     def losses(self, images: torch.Tensor, generator: torch.Generator,
-               groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Every task's loss on its own corruption of ``images``, one stacked trunk pass; plus ``balance``.
-        ``groups`` [B]: each image's organ (the lesion task pastes between images of the same organ)."""
-        corrupted = [self.tasks[n].corrupt(images, generator, groups) for n in self.task_names]
+               organs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Every proxy task's loss on its own corruption of ``images``, one stacked trunk pass; plus ``balance``.
+        ``organs`` [B]: each image's organ (the lesion task pastes between images of the same organ)."""
+        corrupted = [self.tasks[n].corrupt(images, generator, organs) for n in self.task_names]
         x = torch.cat([inp for inp, _ in corrupted])
-        task_index = torch.arange(len(self.task_names), device=images.device).repeat_interleave(len(images))
-        feats, info = self.trunk(x, task_index)
+        proxy_index = torch.arange(len(self.task_names), device=images.device).repeat_interleave(len(images))
+        feats, info = self.trunk(x, proxy_index)
         out: dict[str, torch.Tensor] = {}
         for t, (name, (_, targets)) in enumerate(zip(self.task_names, corrupted)):
             sl = slice(t * len(images), (t + 1) * len(images))
@@ -97,20 +101,21 @@ class MTLNetwork(nn.Module):
 
     @torch.no_grad()
     def failures(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Raw failure scores ``[B, T]``, failure maps ``[B, Tm, S, S]`` of the map tasks (or None) and the mean
+        """Raw failure scores ``[B, T]`` (T proxy tasks), failure maps ``[B, Tm, S, S]`` of the proxy tasks with a
+        map (or None) and the mean
         gate weights ``[B, T, E]`` (averaged over views and MoE layers)."""
         b = len(images)
         scores, maps, gates = [], [], []
         for t, name in enumerate(self.task_names):
-            task = self.tasks[name]
-            inputs, targets = task.views(images)
+            proxy = self.tasks[name]
+            inputs, targets = proxy.views(images)
             idx = torch.full((len(inputs),), t, dtype=torch.long, device=images.device)
             feats, info = self.trunk(inputs, idx)
-            score, amap = task.failure(task(feats), targets)
+            score, amap = proxy.failure(proxy(feats), targets)
             scores.append(score)
             if amap is not None:
                 maps.append(amap)
-            gates.append(info["gates"].mean(1).unflatten(0, (task.num_views, b)).mean(0))
+            gates.append(info["gates"].mean(1).unflatten(0, (proxy.num_views, b)).mean(0))
         return (torch.stack(scores, 1), torch.cat(maps, 1) if maps else None, torch.stack(gates, 1))
 
     def expert_usage(self) -> torch.Tensor:

@@ -28,7 +28,7 @@ normalisation and fusion serve both designs. Explained in notebooks/21_mtl_moe.i
 Example::
 
     net = UNetMTLNetwork(64, ["denoise", "lesion", "reconstruct"], width=8)
-    losses = net.losses(images, torch.Generator().manual_seed(0), groups)
+    losses = net.losses(images, torch.Generator().manual_seed(0), organs)
     scores, maps, gates = net.failures(images)
 """
 from __future__ import annotations
@@ -43,8 +43,9 @@ from ..baselines.dae import coarse_noise
 from ..components import ConvDecoder, bounded_logvar, uncertainty_map, uncertainty_nll
 from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, pool_map
 from ..unet import UNet
+from .heads import DenseHead
 from .moe import MoELayer
-from .proxy_tasks import SyntheticLesion
+from .proxy_tasks import LesionSynthesis
 
 UNET_TASKS: tuple[str, ...] = ("denoise", "lesion", "reconstruct")
 
@@ -63,7 +64,7 @@ class CoarseNoiseRemoval(nn.Module):
         self.loss_weight = 10.0  # the MSE of a restoration (~0.002) is small beside the lesion BCE (~0.05)
         self.score_sigma, self.score_top = DEFAULT_SIGMA, DEFAULT_TOP
 
-    def corrupt(self, images, generator, groups=None):
+    def corrupt(self, images, generator, organs=None):
         return images + coarse_noise(images, generator, self.noise_res, self.noise_std), {"image": images}
 
     def views(self, images):
@@ -81,7 +82,8 @@ class CoarseNoiseRemoval(nn.Module):
 
 
 class LesionSegmentation(nn.Module):
-    """Proxy task ``lesion`` of the U-Net design: :class:`SyntheticLesion`'s synthesis, a full-resolution head."""
+    """Proxy task ``lesion`` of the U-Net design: :class:`LesionSynthesis` (the classic ``SyntheticLesion``'s
+    synthesis) and a full-resolution head."""
 
     name, kind, aspect, has_map = "lesion", "pseudo-anomaly", "local structure", True
     num_views = 1
@@ -89,14 +91,17 @@ class LesionSegmentation(nn.Module):
 
     def __init__(self, image_size: int, width: int):
         super().__init__()
-        self.synth = SyntheticLesion(image_size, (4, 4, 4))
-        del self.synth.head  # only its synthesis is used; the head is ours
+        self.synthesis = LesionSynthesis(image_size)
+        # This class used to build a whole SyntheticLesion and drop its head, whose initial weights came from the
+        # global RNG at this point. Drawing them (and dropping them) still keeps the initial weights of everything
+        # built after it, so a run from a given seed gives the same numbers as before (kept results, chapter 24).
+        DenseHead((4, 4, 4), 1)
         self.head = nn.Conv2d(width, 1, 1)
         self.loss_weight = 1.0
         self.score_sigma, self.score_top = DEFAULT_SIGMA, DEFAULT_TOP
 
-    def corrupt(self, images, generator, groups=None):
-        return self.synth.corrupt(images, generator, groups)
+    def corrupt(self, images, generator, organs=None):
+        return self.synthesis.corrupt(images, generator, organs)
 
     def views(self, images):
         return images, {"mask": torch.zeros_like(images)}
@@ -134,7 +139,7 @@ class UncertainReconstruction(nn.Module):
         self.loss_weight = 1.0
         self.score_sigma, self.score_top = DEFAULT_SIGMA, DEFAULT_TOP
 
-    def corrupt(self, images, generator, groups=None):
+    def corrupt(self, images, generator, organs=None):
         return images, {"image": images}
 
     def views(self, images):
@@ -153,20 +158,24 @@ class UncertainReconstruction(nn.Module):
 
 
 class _MoEStack(nn.Module):
-    def __init__(self, channels: int, num_experts: int, num_tasks: int, top_k: int, layers: int):
+    def __init__(self, channels: int, num_experts: int, num_gate_rows: int, top_k: int, layers: int):
         super().__init__()
-        self.layers = nn.ModuleList(MoELayer(channels, num_experts, num_tasks, top_k) for _ in range(layers))
+        self.layers = nn.ModuleList(MoELayer(channels, num_experts, num_gate_rows, top_k) for _ in range(layers))
 
-    def forward(self, h: torch.Tensor, task_index: torch.Tensor):
+    def forward(self, h: torch.Tensor, gate_rows: torch.Tensor):
         balance, gates = h.new_zeros(()), []
         for layer in self.layers:
-            h, info = layer(h, task_index)
+            h, info = layer(h, gate_rows)
             balance = balance + info["balance"]
             gates.append(info["weights"])
         return h, {"balance": balance, "gates": torch.stack(gates, 1)}
 
 
 class UNetMTLNetwork(nn.Module):
+    """The U-Net design's network. ``tasks`` (a ``ModuleDict``) and ``task_names`` hold the *proxy* tasks (names
+    kept: checkpoints and the book use them); ``organs`` [B] are the images' organs (the data set's
+    ``task_ids``), ``num_organs`` how many there are."""
+
     def __init__(self, image_size: int, proxy_tasks: Sequence[str] = UNET_TASKS, width: int = 8, depth: int = 3,
                  moe: bool = True, num_experts: int = 4, top_k: int = 2, moe_layers: int = 1, num_organs: int = 1):
         super().__init__()
@@ -186,10 +195,10 @@ class UNetMTLNetwork(nn.Module):
         self.task_names = names
         self.num_organs = int(num_organs)
         # The gate is steered by (proxy task, organ): one row of the gate's task table per pair, so experts can
-        # specialise in a task on one organ (the organ of an image is known, as All-in-One's prompt is).
+        # specialise in a proxy task on one organ (the organ of an image is known, as All-in-One's prompt is).
         self.unet = UNet(1, 1, width=width, depth=depth,
                          middle=_MoEStack(width * 2 ** depth, experts, len(names) * self.num_organs, k, moe_layers))
-        del self.unet.out  # each task has its own output head
+        del self.unet.out  # each proxy task has its own output head
         builders = {"denoise": lambda: CoarseNoiseRemoval(width), "lesion": lambda: LesionSegmentation(image_size, width),
                     "reconstruct": lambda: UncertainReconstruction(image_size, width * 2 ** depth, depth)}
         self.tasks = nn.ModuleDict({n: builders[n]() for n in names})
@@ -202,10 +211,11 @@ class UNetMTLNetwork(nn.Module):
     def moe(self) -> nn.ModuleList:
         return self.unet.middle.layers
 
-    def gate_index(self, task: int | torch.Tensor, organs: torch.Tensor | None, n: int, device) -> torch.Tensor:
+    def gate_index(self, proxy_index: int | torch.Tensor, organs: torch.Tensor | None, n: int,
+                   device) -> torch.Tensor:
         """Row of the gate table for (proxy task, organ) per sample; organ 0 when unknown."""
         organs = torch.zeros(n, dtype=torch.long, device=device) if organs is None else organs.to(device).long()
-        return task * self.num_organs + organs.clamp(0, self.num_organs - 1)
+        return proxy_index * self.num_organs + organs.clamp(0, self.num_organs - 1)
 
     def trunk(self, x: torch.Tensor, gate_index: torch.Tensor, decode: bool | torch.Tensor = True):
         """``(decoder features, MoE-transformed bottleneck, MoE info)``. ``decode``: ``True`` decodes every row,
@@ -218,23 +228,24 @@ class UNetMTLNetwork(nn.Module):
             return None, h, info
         return self.unet.decode(h[decode], [s[decode] for s in skips]), h, info
 
-    def _task_output(self, name: str, feats, bottleneck):
-        task = self.tasks[name]
-        return task(bottleneck if task.reads == "bottleneck" else feats)
+    def _proxy_output(self, name: str, feats, bottleneck):
+        proxy = self.tasks[name]
+        return proxy(bottleneck if proxy.reads == "bottleneck" else feats)
 
     def forward_task(self, name: str, inputs: torch.Tensor, organs: torch.Tensor | None = None) -> torch.Tensor:
         idx = self.gate_index(self.task_names.index(name), organs, len(inputs), inputs.device)
         feats, h, _ = self.trunk(inputs, idx, self.tasks[name].reads == "decoder")
-        return self._task_output(name, feats, h)
+        return self._proxy_output(name, feats, h)
 
     def losses(self, images: torch.Tensor, generator: torch.Generator,
-               groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Every task's loss on its own corruption of ``images`` (one stacked pass), plus ``balance``."""
-        corrupted = [self.tasks[n].corrupt(images, generator, groups) for n in self.task_names]
+               organs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Every proxy task's loss on its own corruption of ``images`` (one stacked pass), plus ``balance``;
+        ``organs`` [B]: each image's organ (the gate's row, and the lesion task pastes within an organ)."""
+        corrupted = [self.tasks[n].corrupt(images, generator, organs) for n in self.task_names]
         x = torch.cat([inp for inp, _ in corrupted])
-        index = torch.cat([self.gate_index(t, groups, len(images), images.device) for t in range(len(self.task_names))])
+        index = torch.cat([self.gate_index(t, organs, len(images), images.device) for t in range(len(self.task_names))])
         n = len(images)
-        # only the tasks that read the decoder pay for it
+        # only the proxy tasks that read the decoder pay for it
         decode = torch.cat([torch.full((n,), self.tasks[name].reads == "decoder", device=images.device)
                             for name in self.task_names])
         feats, h, info = self.trunk(x, index, decode)
@@ -246,21 +257,22 @@ class UNetMTLNetwork(nn.Module):
                 f, row = feats[row:row + n], row + n
             else:
                 f = None
-            out[name] = self.tasks[name].loss(self._task_output(name, f, h[sl]), targets)
+            out[name] = self.tasks[name].loss(self._proxy_output(name, f, h[sl]), targets)
         out["balance"] = info["balance"]
         return out
 
     @torch.no_grad()
     def failures(self, images: torch.Tensor, organs: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw failure scores ``[B, T]``, failure maps ``[B, T, S, S]``, mean gate weights ``[B, T, E]``."""
+        """Raw failure scores ``[B, T]`` (T proxy tasks), failure maps ``[B, T, S, S]``, mean gate weights
+        ``[B, T, E]``; ``organs`` [B] pick the gate's rows."""
         scores, maps, gates = [], [], []
         for t, name in enumerate(self.task_names):
-            task = self.tasks[name]
-            inputs, targets = task.views(images)
+            proxy = self.tasks[name]
+            inputs, targets = proxy.views(images)
             feats, h, info = self.trunk(inputs, self.gate_index(t, organs, len(inputs), images.device),
-                                        task.reads == "decoder")
-            score, amap = task.failure(self._task_output(name, feats, h), targets)
+                                        proxy.reads == "decoder")
+            score, amap = proxy.failure(self._proxy_output(name, feats, h), targets)
             scores.append(score)
             maps.append(amap)
             gates.append(info["gates"].mean(1))
