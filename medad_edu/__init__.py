@@ -8,6 +8,8 @@ Where each piece is explained in the book:
 - ``medad_edu.models.allinone`` -- chapters 10-14 (All-in-One)
 - ``medad_edu.models.mtl`` -- chapters 20-22 (multi-task learner)
 - ``medad_edu.reasoning``  -- chapter 30 (reasoning)
+
+Defined in: notebooks/01_data.ipynb, notebooks/02_metrics.ipynb, notebooks/03_autoencoder.ipynb
 """
 __version__ = "0.1.0"
 

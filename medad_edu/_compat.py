@@ -6,6 +6,8 @@ torchvision 0.28.0 on some machines is a CUDA build while torch 2.13.0 is the CP
 fake kernels for compiled operators that the CPU torch never loaded. We need none of torchvision's
 compiled ops, only its pure-Python transforms, so the fix is to declare the missing operator schemas and
 import again. It is applied only when that exact error happens; on a consistent install nothing is touched.
+
+Defined in: book/setup.md
 """
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Small shared helpers: device choice, seeding, atomic file writes, version stamps, safe checkpoint loading,
-peak memory."""
+peak memory.
+
+Defined in: notebooks/01_data.ipynb
+"""
 from __future__ import annotations
 
 import collections

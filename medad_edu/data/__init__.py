@@ -2,6 +2,8 @@
 
 ``load_data("embedded")`` (or ``"embedded:real"``, or a folder path) is the one entry point the command line
 and the notebooks use. Explained in notebooks/01_data.ipynb.
+
+Defined in: notebooks/01_data.ipynb
 """
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ Splits are decoded once (in parallel for files) into one tensor per split, all t
 ``task_id`` per image. Batches are then index slices of those tensors: no per-sample Python work in the
 training loop, so data loading is never the bottleneck (the trainer measures the share of time spent waiting
 for batches). On CUDA the tensors are pinned and copied with ``non_blocking=True``.
+
+Defined in: notebooks/01_data.ipynb
 """
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ with a ``tasks.json`` (that is what ``medad-edu data make`` does), so the disk p
 are the same data.
 
 Explained in notebooks/01_data.ipynb.
+
+Defined in: notebooks/01_data.ipynb
 """
 from __future__ import annotations
 

@@ -25,6 +25,8 @@ Every problem is an error that names the path: missing or empty folders, an unre
 without its mask, a mask without its image, a mask whose size differs from its image.
 
 Explained in notebooks/01_data.ipynb.
+
+Defined in: notebooks/01_data.ipynb
 """
 from __future__ import annotations
 

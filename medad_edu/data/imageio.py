@@ -26,6 +26,8 @@ every image of a set:
   error naming the file, before it is decoded.
 
 Explained in notebooks/01_data.ipynb.
+
+Defined in: notebooks/01_data.ipynb
 """
 from __future__ import annotations
 

@@ -21,6 +21,8 @@ Geometry is written in normalised coordinates (the image spans [-1, 1] in both a
 same at 32 and at 512 pixels. For speed, the anatomy is estimated for the whole batch at once (one scipy
 call per stack) at an analysis resolution of at most ~128 pixels, and each lesion is drawn only inside a
 window around it.
+
+Defined in: notebooks/01_data.ipynb
 """
 from __future__ import annotations
 

@@ -48,6 +48,8 @@ Example::
 
     from medad_edu.data import phantoms
     x, y, m = phantoms.make_split("brain_mri", n_normal=100, n_abnormal=100, size=64, seed=0)
+
+Defined in: notebooks/01_data.ipynb
 """
 from __future__ import annotations
 

@@ -42,6 +42,8 @@ Example::
     from medad_edu.data import real_anatomy as ra
     print(ra.available())
     x, y, m = ra.make_split("brain_mri", 50, 50, size=64, seed=0)
+
+Defined in: notebooks/01_data.ipynb
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ scores, never the test split) and a ``test`` split. Images are single-channel fl
 resized to the configured ``image_size``; masks are uint8 in {0, 1} or absent.
 
 Explained in notebooks/01_data.ipynb.
+
+Defined in: notebooks/01_data.ipynb
 """
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 (``medad_edu.training.predict`` / ``.thresholds``) re-exported.
 
 Metrics are explained in notebooks/02_metrics.ipynb.
+
+Defined in: notebooks/02_metrics.ipynb
 """
 from .evaluate import METRIC_KEYS, evaluate_model, summarise
 from .metrics import (UndefinedMetricWarning, accuracy_at_threshold, aupro, average_precision, best_dice, evaluate_predictions, f1_max,

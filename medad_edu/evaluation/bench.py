@@ -44,6 +44,8 @@ Example::
     results = run_bench(["ae", "patchcore"], data="embedded", config="quick", seeds=[0], out_dir="bench_out",
                         sizes="tiny", epochs=2)
     print(render_markdown(results))
+
+Defined in: notebooks/41_results.ipynb, book/real_benchmarks.md
 """
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ refuses a run whose training is unfinished or whose model holds NaN/infinite wei
 All metric values are fractions in [0, 1]; pixel metrics are ``null`` for a task without masks. ``f1`` and
 ``acc`` follow the All-in-One paper's protocol (at the F1-maximising threshold on the evaluated split);
 ``acc_at_valid_threshold`` uses the threshold chosen on validation data at training time (the honest one).
+
+Defined in: notebooks/02_metrics.ipynb
 """
 from __future__ import annotations
 

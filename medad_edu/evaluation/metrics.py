@@ -47,6 +47,8 @@ integer arithmetic. Ties are treated like scikit-learn (all tied samples cross t
 they count one half). Maps are processed in their own precision: ``float32`` maps stay ``float32`` (half the
 memory and time of ``float64``), other dtypes are converted to ``float64``. Memory for the pixel metrics is about
 three times the size of the maps, e.g. 1000 maps of 256x256 in ``float32`` (262 MB) need below 1 GB.
+
+Defined in: notebooks/02_metrics.ipynb
 """
 
 from __future__ import annotations

@@ -1,1 +1,4 @@
-"""Interface: the command line, plots and interactive widgets."""
+"""Interface: the command line, plots and interactive widgets.
+
+Defined in: book/setup.md
+"""

@@ -17,6 +17,8 @@ Subcommands::
 Bad input gives a non-zero exit and a one-line reason on stderr (``--debug`` shows the traceback).
 Checkpoints are only ever read with ``weights_only=True`` (``medad_edu.training.checkpoint``): ``evaluate``,
 ``predict`` and a resumed ``train`` refuse a file that could run code.
+
+Defined in: book/real_benchmarks.md, book/setup.md
 """
 from __future__ import annotations
 

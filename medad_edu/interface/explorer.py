@@ -15,6 +15,8 @@ Example::
     from medad_edu.interface.explorer import explore
     explore(result.model, result.data, thresholds=result.thresholds)              # widgets in Jupyter
     fig = explore(result.model, result.data, static=True, task="brain_mri", index=3)  # a figure anywhere
+
+Defined in: notebooks/14_allinone_full.ipynb
 """
 from __future__ import annotations
 

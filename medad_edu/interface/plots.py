@@ -1,6 +1,8 @@
 """Figures used across the book and by ``medad-edu bench``: image grids, overlays, score histograms, ROC curves.
 
 All functions take numpy arrays (or tensors) and return the matplotlib ``Figure`` so a caller can save it.
+
+Defined in: notebooks/01_data.ipynb, notebooks/41_results.ipynb
 """
 from __future__ import annotations
 

@@ -37,6 +37,8 @@ Python::
     report.rows[0]   # {'file': ..., 'task': ..., 'score': ..., 'threshold': ..., 'decision': ...}
 
 Explained in notebooks/41_results.ipynb (section "Using a trained model on new images").
+
+Defined in: notebooks/41_results.ipynb
 """
 from __future__ import annotations
 

@@ -24,6 +24,8 @@ Python::
     from medad_edu.interface.student import write_student_edition
     report = write_student_edition("student_book")
     report.notebooks, report.solutions_removed
+
+Defined in: book/setup.md
 """
 from __future__ import annotations
 

@@ -11,6 +11,8 @@ Example::
     from medad_edu.training import make_config, train
     result = train(make_config("ae", "quick", epochs=5), run_dir=None)
     out = result.model(images, task_ids)      # AnomalyResult(anomaly_map [B,1,S,S], pred_score [B])
+
+Defined in: notebooks/03_autoencoder.ipynb
 """
 from __future__ import annotations
 

@@ -22,6 +22,8 @@ A model subclass declares:
 
 Any state that is not a parameter but must survive a checkpoint (score normalisation statistics, a memory bank,
 a threshold) is a registered buffer, so ``state_dict`` carries it.
+
+Defined in: notebooks/03_autoencoder.ipynb
 """
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ Explained in notebooks/10_allinone_encoder.ipynb (and used by the AE of notebook
 Also small helpers that several models share: ``group_norm_groups`` (GroupNorm groups for a width),
 ``smooth_noise`` (coarse Gaussian noise, for the MTL-MAD proxy tasks and the denoising autoencoder) and
 ``bounded_logvar`` (a predicted log-variance: AE-U, All-in-One, MTL-MAD's uncertainty heads).
+
+Defined in: notebooks/03_autoencoder.ipynb, notebooks/10_allinone_encoder.ipynb
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Method names on the command line and the classes behind them (imported lazily)."""
+"""Method names on the command line and the classes behind them (imported lazily).
+
+Defined in: notebooks/41_results.ipynb
+"""
 from __future__ import annotations
 
 import importlib

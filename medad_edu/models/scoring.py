@@ -11,6 +11,8 @@ comparison of their maps, not of their pooling. Explained in notebooks/40_baseli
 Example::
 
     score = pool_map(amap, sigma=2.0, top=0.01)      # amap [B,1,S,S] -> [B]
+
+Defined in: notebooks/40_baselines.ipynb
 """
 from __future__ import annotations
 

@@ -16,6 +16,8 @@ Example::
 
     net = UNet(in_channels=1, out_channels=1, width=16, depth=3)
     y = net(torch.rand(4, 1, 64, 64))        # [4, 1, 64, 64]
+
+Defined in: notebooks/24_mtl_unet.ipynb, notebooks/40_baselines.ipynb
 """
 from __future__ import annotations
 

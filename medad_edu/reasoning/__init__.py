@@ -30,6 +30,8 @@ Example::
     before, _ = evaluate_policy(policy, test_set)
     train_grpo(policy, train_set, GRPOConfig(steps=10))
     after, _ = evaluate_policy(policy, test_set)
+
+Defined in: notebooks/30_reasoning_vqa_sft.ipynb, notebooks/31_reasoning_grpo.ipynb
 """
 from .format import ParsedOutput, answer_tokens, parse_output, reference_output, think_text
 from .grpo import (GRPOConfig, Rollout, frozen_copy, group_advantages, grpo_loss, grpo_update, k3_kl,

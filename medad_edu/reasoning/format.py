@@ -35,6 +35,8 @@ Example::
     p = parse_output("<think> modality: ct </think> <answer> yes", "abnormal")
     p.valid    # False
     p.missing  # ['</answer>', 'organ:', 'finding:', 'region:', 'size:', 'conclusion:', 'answer']
+
+Defined in: notebooks/30_reasoning_vqa_sft.ipynb
 """
 from __future__ import annotations
 

@@ -24,6 +24,8 @@ Example::
 
     ref = copy.deepcopy(policy)           # the stage-1 (SFT) policy, frozen
     history = train_grpo(policy, vqa_train, GRPOConfig(steps=40), ref_policy=ref)
+
+Defined in: notebooks/31_reasoning_grpo.ipynb
 """
 from __future__ import annotations
 

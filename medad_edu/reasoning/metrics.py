@@ -17,6 +17,8 @@ Example::
 
     metrics, texts = evaluate_policy(policy, vqa_test)
     metrics["answer_accuracy"], metrics["consistency_rate"]
+
+Defined in: notebooks/31_reasoning_grpo.ipynb
 """
 from __future__ import annotations
 

@@ -21,6 +21,8 @@ Example::
     policy = ReasoningPolicy(image_size=32)
     out = policy.generate(images, qtypes, greedy=True)       # images [B,1,32,32], qtypes [B]
     texts = [VOCAB.decode(t) for t in out.tokens]
+
+Defined in: notebooks/30_reasoning_vqa_sft.ipynb
 """
 from __future__ import annotations
 

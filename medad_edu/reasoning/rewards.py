@@ -17,6 +17,8 @@ Hand-checkable examples (question ``region``, correct answer ``upper-left``)::
     consistency_reward(N + " <answer> upper-left </answer>", "region")              # 0.0 (incoherent)
 
 Explained in notebooks/30_reasoning_vqa_sft.ipynb (each reward by hand) and 31_reasoning_grpo.ipynb.
+
+Defined in: notebooks/30_reasoning_vqa_sft.ipynb, notebooks/31_reasoning_grpo.ipynb
 """
 from __future__ import annotations
 

@@ -13,6 +13,8 @@ Example::
 
     policy = ReasoningPolicy(image_size=32)
     history = train_sft(policy, vqa_train, SFTConfig(epochs=10))
+
+Defined in: notebooks/30_reasoning_vqa_sft.ipynb
 """
 from __future__ import annotations
 

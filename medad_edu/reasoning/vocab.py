@@ -14,6 +14,8 @@ Example::
     from medad_edu.reasoning.vocab import VOCAB
     ids = VOCAB.encode("<answer> yes </answer>", add_eos=True)   # [6, 46, 7, 2]
     VOCAB.decode(ids)                                            # '<answer> yes </answer>'
+
+Defined in: notebooks/30_reasoning_vqa_sft.ipynb
 """
 from __future__ import annotations
 

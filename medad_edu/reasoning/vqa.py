@@ -25,6 +25,8 @@ Example::
     data = load_data("embedded", image_size=32, sizes="tiny")
     vqa = build_vqa_set(data, "valid")
     vqa.questions[0], vqa.references[0]
+
+Defined in: notebooks/30_reasoning_vqa_sft.ipynb
 """
 from __future__ import annotations
 

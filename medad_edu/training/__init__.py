@@ -1,4 +1,7 @@
-"""Training: configurations, the shared loop, checkpoints. Models stay plain ``nn.Module``s."""
+"""Training: configurations, the shared loop, checkpoints. Models stay plain ``nn.Module``s.
+
+Defined in: notebooks/03_autoencoder.ipynb
+"""
 from .checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from .config import PRESETS, TrainConfig, make_config
 from .trainer import TrainResult, load_or_train, train

@@ -9,6 +9,8 @@ numbers) only, so a file that is not ours, or that was crafted to run code when 
 one-line ``CheckpointError`` naming it instead of being executed. Everything we save is therefore plain data:
 versions are ``str``, numpy numbers become Python numbers (``medad_edu.utils.to_plain``), the RNG state is a
 tensor.
+
+Defined in: notebooks/03_autoencoder.ipynb
 """
 from __future__ import annotations
 

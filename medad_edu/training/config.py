@@ -5,6 +5,8 @@ per step (``medad_edu.training.distributed``).
 
 One code path serves both; a configuration is only numbers. Precedence: the trainer's preset below, then the
 method's own ``QUICK`` / ``PAPER`` dict (``medad_edu.models.*``), then explicit overrides (command-line flags).
+
+Defined in: notebooks/03_autoencoder.ipynb
 """
 from __future__ import annotations
 

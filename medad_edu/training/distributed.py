@@ -13,6 +13,8 @@ process per GPU (or per CPU worker) and sets ``RANK``, ``WORLD_SIZE`` and ``LOCA
 
 Without those variables (or with ``WORLD_SIZE=1``) nothing here does anything, and training is the plain
 single-process loop, bit for bit.
+
+Defined in: book/scaling.md
 """
 from __future__ import annotations
 

@@ -13,6 +13,8 @@ distributed data-parallel training (``medad_edu.training.distributed``): each ra
 ``batch_size / world_size`` images per step inside ``DistributedDataParallel``, rank 0 alone locks the folder and
 writes checkpoints, config.json (which records ``world_size``), history.json and log lines, and every rank
 resumes from the same checkpoint. In a single process none of this runs.
+
+Defined in: notebooks/03_autoencoder.ipynb
 """
 from __future__ import annotations
 

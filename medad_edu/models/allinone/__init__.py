@@ -3,6 +3,8 @@
 ``AllInOne`` is the model (``torch_model.py``); its parts live in ``prompt_encoder.py`` (frozen CLIP text
 features + cache), ``router.py`` (Eq. 1), ``experts.py`` (batched decoders, Eq. 2-3) and ``loss.py``
 (Eq. 4-6 and the anomaly map).
+
+Defined in: notebooks/10_allinone_encoder.ipynb, notebooks/14_allinone_full.ipynb
 """
 from .experts import BatchedExperts
 from .loss import (anomaly_map, expert_targets, hallucination_loss, optimal_u, reconstruction_loss, routing_loss,

@@ -26,6 +26,8 @@ Example::
 
     experts = BatchedExperts(num_experts=5, image_size=64)
     out = experts(torch.randn(8, 16))      # [8, 5, 2, 64, 64]: mu = out[:, :, 0], sigma = out[:, :, 1]
+
+Defined in: notebooks/12_allinone_routing.ipynb, notebooks/13_allinone_hallucination.ipynb
 """
 from __future__ import annotations
 

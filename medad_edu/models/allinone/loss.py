@@ -30,6 +30,8 @@ Example::
 
     loss = hallucination_loss(x, x_hat, u)        # Eq. 5
     amap = anomaly_map(x, x_hat, u)               # [B,1,S,S]; score = amap.flatten(1).mean(1)
+
+Defined in: notebooks/13_allinone_hallucination.ipynb
 """
 from __future__ import annotations
 

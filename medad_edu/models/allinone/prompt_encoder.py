@@ -30,13 +30,15 @@ sha256(identity + text), and checkpoints of the model store the identity so a lo
 
 Disk cache: ``$MEDAD_CACHE_DIR/prompt_embeddings/`` (default ``~/.cache/medad_edu``), one small ``.pt`` per prompt
 (``medad_edu.models.factory.PromptCache``, given to the encoder by the factory).
-Explained in notebooks/11_allinone_prompts.ipynb. Paper: Wang et al., "All-in-One" (seed 002), Sec. 3.2.
+Explained in notebooks/11_allinone_prompts.ipynb. Paper: Wang et al., "All-in-One", Sec. 3.2.
 
 Example::
 
     from medad_edu.models.factory import make_prompt_encoder
     enc = make_prompt_encoder("ViT-B-32")     # offline here: warns once, seeded random tower
     feats = enc.encode(["Brain MRI slice.", "Head CT slice."])   # [2, 512], unit norm, cached
+
+Defined in: notebooks/11_allinone_prompts.ipynb
 """
 from __future__ import annotations
 

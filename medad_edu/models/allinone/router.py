@@ -21,6 +21,8 @@ Example::
 
     router = Router(in_features=32, num_experts=5, top_k=2)
     weights, probs, logits = router(torch.randn(8, 32))   # weights: 2 nonzero per row, rows sum to 1
+
+Defined in: notebooks/12_allinone_routing.ipynb
 """
 from __future__ import annotations
 

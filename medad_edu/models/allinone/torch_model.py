@@ -2,7 +2,7 @@
 
 One network for every organ and modality (paper: Wang et al., "All-in-One: prompt-driven mixture of
 hallucination-aware experts for universal anomaly detection across multi-modal multi-organ medical images",
-seed 002 of this project; equations and hyper-parameters in ../shared/REFERENCE.md section 2):
+its equations and hyper-parameters are cited by section below):
 
 1. shared vision encoder f (Sec. 3.1, 4.3): 4 x [Conv 4x4 s2 -> BN -> ReLU] 16-32-64-64, FC 2048, FC 16 -> v;
 2. prompt encoder g (Sec. 3.2): frozen CLIP text tower + one trainable FC -> tau (``prompt_encoder.py``; the
@@ -38,6 +38,8 @@ Example::
     result = train(make_config("allinone", "quick", epochs=2), run_dir=None, progress=False)
     out = result.model(images, task_ids)   # anomaly_map [B,1,S,S], pred_score [B], extras: reconstruction,
                                            # hallucination, error, routing [B,N], features, map_no_hq, ...
+
+Defined in: notebooks/10_allinone_encoder.ipynb, notebooks/11_allinone_prompts.ipynb, notebooks/12_allinone_routing.ipynb, notebooks/13_allinone_hallucination.ipynb, notebooks/14_allinone_full.ipynb
 """
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ trained small in notebooks/40_baselines.ipynb; the side-by-side comparison is ``
 
 Method names (``--method``): ``memae``, ``nsa``, ``dsvdd``, ``patchcore``. Classes are imported lazily by
 :mod:`medad_edu.models.registry`.
+
+Defined in: notebooks/40_baselines.ipynb, notebooks/41_results.ipynb
 """
 from __future__ import annotations
 

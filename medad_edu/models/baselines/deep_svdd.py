@@ -28,6 +28,8 @@ Example::
     from medad_edu.training import make_config, train
     result = train(make_config("dsvdd", "quick", epochs=2, sizes="tiny"), run_dir=None, progress=False)
     out = result.model(images, task_ids)   # pred_score = mean squared distance to the centre
+
+Defined in: notebooks/40_baselines.ipynb
 """
 from __future__ import annotations
 

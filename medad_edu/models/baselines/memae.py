@@ -26,6 +26,8 @@ Example::
     from medad_edu.training import make_config, train
     result = train(make_config("memae", "quick", epochs=2, sizes="tiny"), run_dir=None, progress=False)
     out = result.model(images, task_ids)   # AnomalyResult(anomaly_map [B,1,S,S], pred_score [B])
+
+Defined in: notebooks/40_baselines.ipynb
 """
 from __future__ import annotations
 

@@ -31,6 +31,8 @@ Example::
     from medad_edu.training import make_config, train
     result = train(make_config("nsa", "quick", epochs=2, sizes="tiny"), run_dir=None, progress=False)
     out = result.model(images, task_ids)   # anomaly_map = P(pixel is a synthetic anomaly)
+
+Defined in: notebooks/40_baselines.ipynb
 """
 from __future__ import annotations
 

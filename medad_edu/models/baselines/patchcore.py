@@ -43,6 +43,8 @@ Example::
     cfg = make_config("patchcore", "quick", sizes="tiny", options={"backbone": "run:runs/mtl"})
     result = train(cfg, run_dir=None, progress=False)
     out = result.model(images, task_ids)   # anomaly_map = nearest-neighbour distance, pred_score = its max
+
+Defined in: notebooks/40_baselines.ipynb
 """
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """MTL-MAD, the multi-task learner (method name ``mtl``): proxy tasks, a task-steered Mixture-of-Experts,
 failure-score normalisation and fusion. See ``learner.py`` and notebooks/20-22.
+
+Defined in: notebooks/20_mtl_proxy_tasks.ipynb, notebooks/24_mtl_unet.ipynb
 """
 from .fusion import FUSIONS, ScoreNormalizer, auroc_weights, mid_rank_percentile, pairwise_auroc
 from .learner import MultiTaskLearner

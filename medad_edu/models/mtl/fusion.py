@@ -26,7 +26,7 @@ diluted by the whole image; and the fifth (the default),
   images. Why: a plain mean gives a task that fails at random on an organ (AUROC ~ 0.5) the same vote as one
   that detects; its noise then dilutes the good tasks. With all weights at 0 the organ falls back to the plain
   mean. SSMTL (Georgescu et al., CVPR 2021) averages raw per-task scores; normalising on
-normal data first is this project's design (REFERENCE.md section 3). Built by hand and compared in
+normal data first is this project's design. Built by hand and compared in
 notebooks/22_mtl_scoring.ipynb.
 
 Statistics are kept per organ (the data set's task id: ``task_ids`` elsewhere, ``organs`` here) and for all
@@ -41,6 +41,8 @@ Example::
     norm.fit(valid_scores, valid_organs)                 # [N, 6] raw scores of normal images, [N] organ ids
     fused = norm.fuse(test_scores, test_organs, "rank")  # [M]
     norm.fit_weights(valid_scores, pseudo_scores, valid_organs, pseudo_organs)  # for fusion "weighted"
+
+Defined in: notebooks/22_mtl_scoring.ipynb
 """
 from __future__ import annotations
 

@@ -22,6 +22,8 @@
 GroupNorm everywhere: the proxy tasks feed very differently corrupted images through one trunk, and per-sample
 normalisation makes a sample's output independent of what else is in its batch (training = inference).
 Explained in notebooks/20_mtl_proxy_tasks.ipynb.
+
+Defined in: notebooks/20_mtl_proxy_tasks.ipynb
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """MTL-MAD: a multi-task learner trained from scratch on proxy tasks, scored by how badly it solves them.
 
-The idea (seed 000, "MTL-MAD: Multi-Task Learners are Effective Medical Anomaly Detectors"): learn several
+The idea (the abstract of "MTL-MAD: Multi-Task Learners are Effective Medical Anomaly Detectors"): learn several
 self-supervised and pseudo-labelling tasks from scratch on normal images with one joint Mixture-of-Experts
 model; at test time an image on which the model fails its tasks is anomalous, and the failures give
 interpretable anomaly maps. Only the abstract is public, so the tasks (``proxy_tasks.py``), the MoE layer
@@ -68,6 +68,8 @@ Example::
     result = train(make_config("mtl", "quick", options={"proxy_tasks": ["inpaint", "lesion"]}, epochs=3))
     out = result.model(images, task_ids)
     out.extras["task_scores"]         # [B, T] raw failure score per proxy task
+
+Defined in: notebooks/20_mtl_proxy_tasks.ipynb, notebooks/21_mtl_moe.ipynb, notebooks/22_mtl_scoring.ipynb, notebooks/23_mtl_ablations.ipynb, notebooks/24_mtl_unet.ipynb
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Mixture-of-Experts layer with gating conditioned on the proxy task and on the input.
 
-The MTL-MAD abstract (seed 000) says only that the joint model is "based on Mixture-of-Experts"; how the gate
+The MTL-MAD abstract says only that the joint model is "based on Mixture-of-Experts"; how the gate
 is conditioned, where the layer sits and how it is balanced is this project's design, explained in
 notebooks/21_mtl_moe.ipynb:
 
@@ -28,6 +28,8 @@ Example::
     out, info = moe(torch.randn(8, 64, 8, 8), torch.randint(0, 6, (8,)))
     info["weights"].sum(1)   # all ones; two non-zero entries per row
     balance_loss(info["probs"], info["weights"])
+
+Defined in: notebooks/21_mtl_moe.ipynb
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The proxy tasks of the multi-task learner: each learnable from normal images only, from scratch.
 
-The MTL-MAD abstract (seed 000) names only "multiple self-supervised and pseudo-labeling tasks"; which tasks,
+The MTL-MAD abstract names only "multiple self-supervised and pseudo-labeling tasks"; which tasks,
 how they corrupt the images, their losses and their failure scores are this project's design, in the spirit of
 SSMTL (Georgescu et al., CVPR 2021), SSMTL++ (Barbalau et al., CVIU 2023) and the pseudo-abnormal module of
 Georgescu (arXiv 2307.07534). Each task is explained and built by hand in notebooks/20_mtl_proxy_tasks.ipynb.
@@ -33,6 +33,8 @@ Example::
 
     task = Inpainting(image_size=64, channels=(16, 32, 64))
     inputs, targets = task.corrupt(images, torch.Generator().manual_seed(0))
+
+Defined in: notebooks/20_mtl_proxy_tasks.ipynb
 """
 from __future__ import annotations
 

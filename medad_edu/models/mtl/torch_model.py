@@ -12,7 +12,7 @@ Scoring (``failures``): for each proxy task (a loop over the handful of tasks, n
 inference views go through the trunk and its head, and the task's ``failure`` gives a per-image score and,
 where it has one, a per-pixel map.
 
-The abstract (seed 000) fixes only "a joint model based on Mixture-of-Experts" trained from scratch on several
+The MTL-MAD abstract fixes only "a joint model based on Mixture-of-Experts" trained from scratch on several
 tasks; this architecture is this project's design, explained in notebooks/21_mtl_moe.ipynb.
 
 Example::
@@ -20,6 +20,8 @@ Example::
     net = MTLNetwork(64, ["inpaint", "rotate"], width=16)
     losses = net.losses(images, torch.Generator().manual_seed(0))
     scores, maps, gates = net.failures(images)
+
+Defined in: notebooks/21_mtl_moe.ipynb
 """
 from __future__ import annotations
 

@@ -30,6 +30,8 @@ Example::
     net = UNetMTLNetwork(64, ["denoise", "lesion", "reconstruct"], width=8)
     losses = net.losses(images, torch.Generator().manual_seed(0), organs)
     scores, maps, gates = net.failures(images)
+
+Defined in: notebooks/21_mtl_moe.ipynb, notebooks/23_mtl_ablations.ipynb
 """
 from __future__ import annotations
 
