@@ -519,6 +519,7 @@ sys.exit(main(sys.argv[4:]))
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+@pytest.mark.slow
 def test_kill_9_then_resume_matches_uninterrupted_run_and_lock_holds(tiny_root, tmp_path, capsys):
     args = [*TRAIN, "--data", str(tiny_root), "--epochs", "3"]
     run, marker = tmp_path / "killed", tmp_path / "hanging"

@@ -73,6 +73,7 @@ def test_argparse_rejects_bad_numbers(tmp_path, capsys):
     assert exc.value.code == 2 and "seeds must be comma-separated integers" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # starts a fresh interpreter (seconds)
 def test_module_entry_point_and_methods():
     out = subprocess.run([sys.executable, "-m", "medad_edu", "methods"], capture_output=True, text=True, check=True)
     assert "ae" in out.stdout.split()

@@ -22,7 +22,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("method", sorted(CASES))
+# AE-U (about a second) stays in the fast tier, `pytest -m "not slow"`; the others train for several seconds each.
+@pytest.mark.parametrize("method", [m if m == "aeu" else pytest.param(m, marks=pytest.mark.slow) for m in sorted(CASES)])
 def test_method_detects_obvious_lesions(method):
     data = make_tiny_data()
     case = CASES[method]

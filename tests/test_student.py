@@ -111,7 +111,7 @@ def _run_until_first_exercise(path: Path):
     return nb
 
 
-@pytest.mark.parametrize("name", ["02_metrics.ipynb", "23_mtl_ablations.ipynb"])
+@pytest.mark.parametrize("name", [pytest.param("02_metrics.ipynb", marks=pytest.mark.slow), "23_mtl_ablations.ipynb"])
 def test_student_chapter_runs_until_its_first_exercise(edition, name):
     out, _ = edition
     nb = _run_until_first_exercise(out / "notebooks" / name)
