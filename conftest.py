@@ -1,4 +1,7 @@
-"""Each notebook's run time at the end of a pytest run.
+"""Each notebook's run time at the end of a pytest run, and notebooks in the slow tier.
+
+At the repository root so that it serves `pytest`, `pytest notebooks` and `pytest --nbval notebooks/X.ipynb` alike
+(a second conftest.py beside the notebooks would shadow the `conftest` module that tests/ import helpers from).
 
 nbval runs one test item per cell, so ``--durations`` lists cells; this sums them (setup, call and teardown, the
 kernel's start included) per notebook, so that a chapter that outgrows its two-minute budget shows in every CI log.
