@@ -71,11 +71,11 @@ def test_every_public_object_knows_its_chapter(path):
 
 
 def test_defined_in_reads_the_module_line():
-    from medad_edu.models.allinone.loss import __doc__ as doc
     from medad_edu.models.allinone import loss
 
-    assert defined_in(loss) == chapters_named(doc)
-    assert defined_in(loss.__dict__[next(n for n in vars(loss) if n[0] != "_" and inspect.isfunction(getattr(loss, n))
-                                         and getattr(loss, n).__module__ == loss.__name__)]) == defined_in(loss)
+    assert defined_in(loss) == chapters_named(loss.__doc__)
+    public_function = next(obj for name, obj in vars(loss).items()
+                           if not name.startswith("_") and inspect.isfunction(obj) and obj.__module__ == loss.__name__)
+    assert defined_in(public_function) == defined_in(loss)
     with pytest.raises(ValueError, match="no 'Defined in' line"):
         defined_in(3)
