@@ -27,7 +27,8 @@ checkpoint keeps them). It then makes ``PSEUDO_COPIES`` synthetic anomalies from
 and fits the proxy-task weights of the ``weighted`` fusion: per organ, each proxy task weighs ``max(AUROC - 0.5, 0) **
 weight_power``, its AUROC being how well its failure score tells these pseudo-anomalies from the clean images.
 No label and no test image is used. The pseudo-anomalies are deliberately *not* those of the lesion task
-(whose generator paints ellipses, textures and blends), so the lesion task is judged on corruptions it has not
+(whose generator paints ellipses, textures and blends; or, with ``lesion_synthesis="patches"``, the project's
+lesions, since the task then learns NSA's patches), so the lesion task is judged on corruptions it has not
 been trained on instead of being rewarded for recognising its own. Why weigh at all: on the embedded data
 several tasks fail at random on some organs, and a plain mean lets them dilute the ones that detect (the fusions
 are compared on trained models in notebooks/22_mtl_scoring.ipynb and 23_mtl_ablations.ipynb).
@@ -81,9 +82,9 @@ from ...data.batches import split_tensors
 from ..base import AnomalyModel, AnomalyResult
 from ..baselines.nsa import synthesize_anomalies
 from .fusion import ScoreNormalizer, check_fusion
-from .proxy_tasks import DEFAULT_TASKS
+from .proxy_tasks import DEFAULT_TASKS, LesionSynthesis
 from .torch_model import MTLNetwork
-from .unet_model import UNET_TASKS, UNetMTLNetwork
+from .unet_model import LESION_SYNTHESES, UNET_TASKS, UNetMTLNetwork
 
 DESIGNS = ("unet", "classic")
 # Where the ``weighted`` fusion's per-organ proxy-task weights come from: pseudo-anomalies made from validation normals
@@ -100,11 +101,13 @@ class MultiTaskLearner(AnomalyModel):
     # Each training image is used by the three proxy tasks per step, so an epoch costs several AE epochs.
     QUICK: dict[str, Any] = {"epochs": 20, "batch_size": 32, "lr": 1e-3, "design": "unet",
                              "proxy_tasks": list(UNET_TASKS), "width": 16, "depth": 3, "num_experts": 4, "top_k": 2,
-                             "moe_layers": 1, "fusion": "weighted", "weight_source": "validation"}
+                             "moe_layers": 1, "fusion": "weighted", "weight_source": "validation",
+                             "lesion_synthesis": "patches"}
     # GPU, 256 px: the All-in-One paper's schedule (250 epochs, batch 64, Adam 5e-4), a wider and deeper U-Net.
     PAPER: dict[str, Any] = {"epochs": 250, "batch_size": 64, "lr": 5e-4, "design": "unet",
                              "proxy_tasks": list(UNET_TASKS), "width": 32, "depth": 4, "num_experts": 4, "top_k": 2,
-                             "moe_layers": 1, "fusion": "weighted", "weight_source": "validation"}
+                             "moe_layers": 1, "fusion": "weighted", "weight_source": "validation",
+                             "lesion_synthesis": "patches"}
     # The first design (six proxy tasks on a light half-resolution trunk, weighted fusion), kept as an ablation.
     CLASSIC: dict[str, Any] = {"design": "classic", "proxy_tasks": list(DEFAULT_TASKS), "width": 16,
                                "num_experts": 4, "top_k": 2, "moe_layers": 2, "fusion": "weighted",
@@ -118,7 +121,8 @@ class MultiTaskLearner(AnomalyModel):
                  balance_weight: float = 0.01, top_fraction: float = 1.0, max_reference: int = 256,
                  uncertainty: bool = False, map_top: float = 0.01, weight_power: float = 2.0,
                  lesion_weight: float = 1.0, design: str = "classic", depth: int = 3,
-                 score_sigma: float = 2.0, score_top: float = 0.01, weight_source: str = "pseudo"):
+                 score_sigma: float = 2.0, score_top: float = 0.01, weight_source: str = "pseudo",
+                 lesion_synthesis: str = "lesions"):
         # design defaults to "classic" here so that checkpoints written before the U-Net design load unchanged;
         # the quick and paper configurations select "unet".
         if design not in DESIGNS:
@@ -126,6 +130,11 @@ class MultiTaskLearner(AnomalyModel):
         if weight_source not in WEIGHT_SOURCES:
             raise ValueError(f"weight_source must be one of {WEIGHT_SOURCES}; got {weight_source!r}")
         proxy_tasks = list(proxy_tasks)
+        if lesion_synthesis not in LESION_SYNTHESES:
+            raise ValueError(f"lesion_synthesis must be one of {LESION_SYNTHESES}; got {lesion_synthesis!r}")
+        if design == "classic" and lesion_synthesis != "lesions":
+            raise ValueError(f"lesion_synthesis {lesion_synthesis!r} is an option of design 'unet'; "
+                             "design 'classic' synthesises 'lesions'")
         check_fusion(fusion)
         if not 0 < top_fraction <= 1:
             raise ValueError(f"top_fraction must be in (0, 1]; got {top_fraction}")
@@ -145,7 +154,7 @@ class MultiTaskLearner(AnomalyModel):
         if design == "unet":
             self.net = UNetMTLNetwork(image_size, proxy_tasks, width=width, depth=depth, moe=moe,
                                       num_experts=num_experts, top_k=top_k, moe_layers=moe_layers,
-                                      num_organs=len(task_names))
+                                      num_organs=len(task_names), lesion_synthesis=lesion_synthesis)
             for proxy in self.net.tasks.values():
                 proxy.score_sigma, proxy.score_top = float(score_sigma), float(score_top)
         else:
@@ -233,12 +242,20 @@ class MultiTaskLearner(AnomalyModel):
 
     @torch.no_grad()
     def pseudo_anomalies(self, images: torch.Tensor, organs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``PSEUDO_COPIES`` synthetic anomalies per normal image (NSA-style same-organ paste, fixed seed):
-        ``(images [C*N,1,S,S], organs [C*N])``. Label-free: only the normal images are needed."""
+        """``PSEUDO_COPIES`` synthetic anomalies per normal image (fixed seed), made by the synthesis the lesion
+        task did *not* train on: NSA-style same-organ paste, or the project's lesions when the lesion task learnt
+        the patches (``lesion_synthesis="patches"``): ``(images [C*N,1,S,S], organs [C*N])``. Label-free."""
         gen = torch.Generator().manual_seed(self.PSEUDO_SEED)
-        out = [synthesize_anomalies(images.float().cpu(), organs.cpu(), gen, blend="paste", p_anomaly=1.0)[0]
-               for _ in range(self.PSEUDO_COPIES)]
-        return torch.cat(out), organs.cpu().repeat(self.PSEUDO_COPIES)
+        images, organs = images.float().cpu(), organs.cpu()
+        lesion = self.net.tasks["lesion"] if "lesion" in self.net.tasks else None
+        if getattr(lesion, "synthesis_kind", "lesions") == "patches":
+            # the lesion task learnt NSA's patches: judge it on the project's lesions instead (none left clean)
+            synthesis = LesionSynthesis(self.image_size, p_clean=0.0)
+            out = [synthesis.corrupt(images, gen, organs)[0] for _ in range(self.PSEUDO_COPIES)]
+        else:
+            out = [synthesize_anomalies(images, organs, gen, blend="paste", p_anomaly=1.0)[0]
+                   for _ in range(self.PSEUDO_COPIES)]
+        return torch.cat(out), organs.repeat(self.PSEUDO_COPIES)
 
     def _reference_images(self, data) -> tuple[torch.Tensor, torch.Tensor]:
         """Normal validation images of every organ; an organ without any uses its training images."""

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..baselines.dae import coarse_noise
+from ..baselines.nsa import synthesize_anomalies
 from ..components import ConvDecoder, bounded_logvar, uncertainty_map, uncertainty_nll
 from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, pool_map
 from ..unet import UNet
@@ -50,6 +51,11 @@ from .moe import MoELayer
 from .proxy_tasks import LesionSynthesis
 
 UNET_TASKS: tuple[str, ...] = ("denoise", "lesion", "reconstruct")
+# What the ``lesion`` proxy task learns to segment: ``"lesions"``, this project's synthetic lesions
+# (:class:`LesionSynthesis`: intensity changes, cut-paste and foreign patches in irregular blobs, hard masks);
+# ``"patches"``, NSA's same-organ patches pasted at another place and scale with NSA's soft labels (the change a
+# patch makes, Schlueter et al. 2022; :func:`medad_edu.models.baselines.nsa.synthesize_anomalies`).
+LESION_SYNTHESES: tuple[str, ...] = ("lesions", "patches")
 
 
 class CoarseNoiseRemoval(nn.Module):
@@ -91,8 +97,11 @@ class LesionSegmentation(nn.Module):
     num_views = 1
     reads = "decoder"
 
-    def __init__(self, image_size: int, width: int):
+    def __init__(self, image_size: int, width: int, synthesis: str = "lesions"):
         super().__init__()
+        if synthesis not in LESION_SYNTHESES:
+            raise ValueError(f"lesion synthesis must be one of {LESION_SYNTHESES}; got {synthesis!r}")
+        self.synthesis_kind = synthesis
         self.synthesis = LesionSynthesis(image_size)
         # This class used to build a whole SyntheticLesion and drop its head, whose initial weights came from the
         # global RNG at this point. Drawing them (and dropping them) still keeps the initial weights of everything
@@ -103,6 +112,12 @@ class LesionSegmentation(nn.Module):
         self.score_sigma, self.score_top = DEFAULT_SIGMA, DEFAULT_TOP
 
     def corrupt(self, images, generator, organs=None):
+        if self.synthesis_kind == "patches":
+            # paste, the blend that was measured; NSA's Poisson blending adds its iterations to every step
+            if organs is None:  # one organ: partners from the whole batch
+                organs = torch.zeros(len(images), dtype=torch.long, device=images.device)
+            corrupted, soft_label, _ = synthesize_anomalies(images, organs, generator, blend="paste")
+            return corrupted, {"mask": soft_label}
         return self.synthesis.corrupt(images, generator, organs)
 
     def views(self, images):
@@ -179,7 +194,8 @@ class UNetMTLNetwork(nn.Module):
     ``task_ids``), ``num_organs`` how many there are."""
 
     def __init__(self, image_size: int, proxy_tasks: Sequence[str] = UNET_TASKS, width: int = 8, depth: int = 3,
-                 moe: bool = True, num_experts: int = 4, top_k: int = 2, moe_layers: int = 1, num_organs: int = 1):
+                 moe: bool = True, num_experts: int = 4, top_k: int = 2, moe_layers: int = 1, num_organs: int = 1,
+                 lesion_synthesis: str = "lesions"):
         super().__init__()
         names = list(proxy_tasks)
         unknown = [n for n in names if n not in UNET_TASKS]
@@ -201,7 +217,7 @@ class UNetMTLNetwork(nn.Module):
         self.unet = UNet(1, 1, width=width, depth=depth,
                          middle=_MoEStack(width * 2 ** depth, experts, len(names) * self.num_organs, k, moe_layers))
         del self.unet.out  # each proxy task has its own output head
-        builders = {"denoise": lambda: CoarseNoiseRemoval(width), "lesion": lambda: LesionSegmentation(image_size, width),
+        builders = {"denoise": lambda: CoarseNoiseRemoval(width), "lesion": lambda: LesionSegmentation(image_size, width, lesion_synthesis),
                     "reconstruct": lambda: UncertainReconstruction(image_size, width * 2 ** depth, depth)}
         self.tasks = nn.ModuleDict({n: builders[n]() for n in names})
 
@@ -287,4 +303,4 @@ class UNetMTLNetwork(nn.Module):
         return usage / usage.sum(1, keepdim=True).clamp_min(1e-12)
 
 
-__all__ = ["CoarseNoiseRemoval", "LesionSegmentation", "UNET_TASKS", "UNetMTLNetwork", "UncertainReconstruction"]
+__all__ = ["CoarseNoiseRemoval", "LESION_SYNTHESES", "LesionSegmentation", "UNET_TASKS", "UNetMTLNetwork", "UncertainReconstruction"]
