@@ -342,3 +342,39 @@ def test_book_results_stay_small():
         pytest.skip("no stored results")
     total = sum(p.stat().st_size for p in kept)
     assert total < 2 * 2**20, f"book/results keeps {total / 2**20:.2f} MB (keep it under 2 MB)"
+
+
+def test_an_option_added_later_matches_its_default_in_older_records():
+    """A run or variants file recorded before an option existed used its default: the comparisons of the cache
+    and of --report-only treat a missing key as that default, and any other value as a change."""
+    from medad_edu.evaluation.bench import _spec_diff, same_variants
+    from medad_edu.models.registry import with_default_options
+
+    old = {"method": "mtl", "seed": 0, "options": {"design": "classic", "width": 16}}
+    assert with_default_options("mtl", old["options"])["lesion_synthesis"] == "lesions"
+    assert _spec_diff(old, {**old, "options": {**old["options"], "lesion_synthesis": "lesions"}}) == []
+    diff = _spec_diff(old, {**old, "options": {**old["options"], "lesion_synthesis": "patches"}})
+    assert len(diff) == 1 and "patches" in diff[0]
+    assert _spec_diff(old, {**old, "options": {**old["options"], "width": 8}})  # a real change stays one
+    row = {"method": "mtl", "options": {"design": "classic"}, "seeds": [0], "epochs": 6, "diagnostics": []}
+    named = {**row, "options": {"design": "classic", "lesion_synthesis": "lesions"}}
+    other = {**row, "options": {"design": "classic", "lesion_synthesis": "patches"}}
+    assert same_variants({"a": row}, {"a": named}) and not same_variants({"a": row}, {"a": other})
+    assert not same_variants({"a": row}, {"b": row})
+    # a method this installation lacks is compared as written
+    assert with_default_options("no-such-method", {"x": 1}) == {"x": 1}
+
+
+def test_a_stored_run_without_a_newer_option_resumes_at_its_default():
+    """The trainer's resume check: a stored run that predates an option is compared at that option's default."""
+    from medad_edu.training import make_config
+    from medad_edu.training.trainer import config_differences
+
+    cfg = make_config("mtl", "quick", options={"design": "classic", "lesion_synthesis": "lesions"})
+    stored = cfg.to_dict()
+    stored["options"] = {k: v for k, v in stored["options"].items() if k != "lesion_synthesis"}
+    assert config_differences(stored, cfg) == []
+    unet = make_config("mtl", "quick")  # the quick default, "patches"
+    stored_unet = unet.to_dict()
+    stored_unet["options"] = {k: v for k, v in stored_unet["options"].items() if k != "lesion_synthesis"}
+    assert config_differences(stored_unet, unet) == ["options.lesion_synthesis: 'lesions' -> 'patches'"]

@@ -557,6 +557,39 @@ def test_unet_design_losses_failures_and_organ_gate():
         MultiTaskLearner(S, ["alpha"], weight_source="test")
 
 
+def test_lesion_synthesis_patches_trains_on_nsa_patches_and_weighs_on_the_other_synthesis():
+    from medad_edu.models.baselines.nsa import synthesize_anomalies
+    from medad_edu.models.mtl.proxy_tasks import LesionSynthesis
+
+    model = MultiTaskLearner(S, ["alpha", "beta"], design="unet", proxy_tasks=["denoise", "lesion"], width=4,
+                             depth=2, num_experts=2, top_k=1, lesion_synthesis="patches")
+    assert model.options["lesion_synthesis"] == "patches"
+    x, organs = smooth_images(6), torch.tensor([0, 0, 0, 1, 1, 1])
+    lesion = model.net.tasks["lesion"]
+    got, targets = lesion.corrupt(x, torch.Generator().manual_seed(5), organs)
+    want, soft, _ = synthesize_anomalies(x, organs, torch.Generator().manual_seed(5), blend="paste")
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(targets["mask"], soft)  # NSA's soft labels, in [0, 1], zero off the patches
+    assert bool((got != x).any()) and 0 <= float(soft.min()) and float(soft.max()) <= 1
+    # one organ when none is given: partners from the whole batch
+    alone, _ = lesion.corrupt(x, torch.Generator().manual_seed(5))
+    assert alone.shape == x.shape
+    # the fusion's pseudo-anomalies are then the project's lesions, not the patches the task learnt
+    pseudo, pseudo_organs = model.pseudo_anomalies(x, organs)
+    synthesis = LesionSynthesis(S, p_clean=0.0)
+    gen = torch.Generator().manual_seed(model.PSEUDO_SEED)
+    by_hand = torch.cat([synthesis.corrupt(x, gen, organs)[0] for _ in range(model.PSEUDO_COPIES)])
+    torch.testing.assert_close(pseudo, by_hand)
+    assert pseudo_organs.tolist() == organs.tolist() * model.PSEUDO_COPIES
+    default = MultiTaskLearner(S, ["alpha", "beta"], design="unet", proxy_tasks=["denoise", "lesion"], width=4, depth=2)
+    nsa_pseudo, _ = default.pseudo_anomalies(x, organs)
+    assert not torch.allclose(nsa_pseudo, pseudo)
+    with pytest.raises(ValueError, match="lesion_synthesis must be one of"):
+        MultiTaskLearner(S, ["alpha"], design="unet", proxy_tasks=["lesion"], lesion_synthesis="blobs")
+    with pytest.raises(ValueError, match="design 'classic'"):
+        MultiTaskLearner(S, ["alpha"], proxy_tasks=["lesion"], lesion_synthesis="patches")
+
+
 def test_validation_weight_source_uses_valid_abnormals(tmp_path):
     from medad_edu.training import make_config, train
 

@@ -66,6 +66,7 @@ import torch
 
 from ..data import MultiTaskData, load_data
 from ..data.batches import split_tensors
+from ..models.registry import with_default_options
 from ..utils import atomic_write_bytes, atomic_write_json, get_device, peak_memory, reset_peak_memory, versions
 from .diagnostics import DIAGNOSTICS
 from .evaluate import summarise
@@ -201,9 +202,26 @@ def _spec(method: str, seed: int, cfg, data_spec: str) -> dict[str, Any]:
             "options": cfg.options}
 
 
+def same_variants(a: dict | None, b: dict | None) -> bool:
+    """Whether two variants dicts define the same rows, options compared with :func:`with_default_options`."""
+    if a is None or b is None or set(a) != set(b):
+        return a == b
+    norm = lambda d: json.loads(json.dumps(d))  # noqa: E731 - tuples vs lists
+    for name in a:
+        ra, rb = dict(a[name]), dict(b[name])
+        ra["options"] = with_default_options(ra.get("method"), ra.get("options"))
+        rb["options"] = with_default_options(rb.get("method"), rb.get("options"))
+        if norm(ra) != norm(rb):
+            return False
+    return True
+
+
 def _spec_diff(old: dict, new: dict) -> list[str]:
     norm = lambda d: json.loads(json.dumps(d))  # noqa: E731 - tuples vs lists
     old, new = norm(old), norm(new)
+    if "options" in old and "options" in new and old.get("method") == new.get("method"):
+        old["options"] = norm(with_default_options(old["method"], old["options"]))
+        new["options"] = norm(with_default_options(new["method"], new["options"]))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
@@ -460,4 +478,4 @@ def _test_counts(data: MultiTaskData) -> dict[str, list[int]]:
 
 __all__ = ["BenchSettingsError", "DIAGNOSTICS", "PRED_NAME", "RESULT_NAME", "SCHEMA_VERSION", "VariantsError",
            "check_variants", "gallery_indices", "hardware_string", "load_results", "load_variants", "run_bench",
-           "run_one"]
+           "run_one", "same_variants"]

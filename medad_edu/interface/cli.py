@@ -424,13 +424,13 @@ def cmd_evaluate(args) -> int:
 
 def cmd_bench(args) -> int:
     """``medad-edu bench``: 0 if every run finished, 1 if some failed (their errors are in results.json)."""
-    from ..evaluation.bench import load_results, load_variants, run_bench
+    from ..evaluation.bench import load_results, load_variants, run_bench, same_variants
     from .bench_report import render_markdown, write_report
 
     variants = load_variants(args.variants) if args.variants is not None else None
     if args.report_only:
         results = load_results(args.out)
-        if variants is not None and results.get("variants") != variants:
+        if variants is not None and not same_variants(results.get("variants"), variants):
             raise CliError(f"{args.out / 'results.json'} was not made with the variants of {args.variants} "
                            f"(rows {sorted(results.get('variants') or results['methods'])} against {sorted(variants)}, "
                            f"or other settings); report it without --variants")

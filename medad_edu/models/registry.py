@@ -5,6 +5,8 @@ Defined in: notebooks/41_results.ipynb
 from __future__ import annotations
 
 import importlib
+import inspect
+from typing import Any
 
 from .base import AnomalyModel
 
@@ -47,3 +49,19 @@ def get_method(name: str) -> type[AnomalyModel]:
                              f"{available_methods()}") from err
         raise
     return getattr(module, cls_name)
+
+
+def with_default_options(method: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """``options`` with the method's constructor defaults added for the keys it lacks.
+
+    A run (or a bench record, or a variants file) written before an option existed used that option's default,
+    so comparing settings this way finds it equal to a configuration that names the default, and different from
+    one that names another value. A method this installation does not provide is returned as it is.
+    """
+    options = dict(options or {})
+    if method not in available_methods():
+        return options
+    params = inspect.signature(get_method(method).__init__).parameters
+    defaults = {k: p.default for k, p in params.items()
+                if p.default is not inspect.Parameter.empty and k not in ("image_size", "task_names", "prompts")}
+    return {**defaults, **options}

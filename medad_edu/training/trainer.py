@@ -36,7 +36,7 @@ from ..data import MultiTaskData, load_data
 from ..data.batches import iterate_batches, split_tensors
 from ..models.base import AnomalyModel
 from ..models.factory import make_model
-from ..models.registry import get_method
+from ..models.registry import get_method, with_default_options
 from ..utils import atomic_write_json, peak_memory, seed_everything, to_plain
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, build_model, read_checkpoint, save_checkpoint
@@ -185,6 +185,9 @@ def config_differences(stored: dict, cfg: TrainConfig, data_given: bool = False)
             if isinstance(a, int) and isinstance(b, int) and b < a:
                 diffs.append(f"epochs: {a} -> {b} (epochs may only grow)")
         elif key == "options" and isinstance(a, dict) and isinstance(b, dict):
+            # an option the stored run does not name (it predates it) had its default
+            a = json.loads(json.dumps(with_default_options(new.get("method", ""), a)))
+            b = json.loads(json.dumps(with_default_options(new.get("method", ""), b)))
             diffs += [f"options.{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
                       for k in sorted(set(a) | set(b)) if a.get(k, "(unset)") != b.get(k, "(unset)")]
         elif a != b:
@@ -299,7 +302,9 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
 
     if run_dir is not None:
         if state is not None:
-            if to_plain(state["init_args"]) != to_plain(model.init_args()):
+            # arguments added after the checkpoint was written had their defaults
+            if (to_plain(with_default_options(cfg.method, state["init_args"]))
+                    != to_plain(with_default_options(cfg.method, model.init_args()))):
                 raise CheckpointError(f"{run_dir} holds a checkpoint of a different run (method {state['method']!r}, "
                                       f"other model arguments); choose a new --out folder")
             config_changes = list(state["extra"].get("config_changes", []))

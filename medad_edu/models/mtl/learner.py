@@ -111,7 +111,7 @@ class MultiTaskLearner(AnomalyModel):
     # The first design (six proxy tasks on a light half-resolution trunk, weighted fusion), kept as an ablation.
     CLASSIC: dict[str, Any] = {"design": "classic", "proxy_tasks": list(DEFAULT_TASKS), "width": 16,
                                "num_experts": 4, "top_k": 2, "moe_layers": 2, "fusion": "weighted",
-                               "weight_source": "pseudo"}
+                               "weight_source": "pseudo", "lesion_synthesis": "lesions"}
     PSEUDO_SEED = 2024  # seeds the pseudo-anomalies that fit the fusion weights (deterministic scoring)
     PSEUDO_COPIES = 2  # pseudo-anomalies made from each held-out normal image
 

@@ -13,10 +13,12 @@ jigsaw, pseudo-label) do not, so the default learner trains these three (others 
 - ``denoise`` (self-supervised): coarse noise on the body (:func:`medad_edu.models.baselines.dae.coarse_noise`,
   Kascenas et al. MIDL 2022) is removed; at inference the *clean* image goes in and the failure map is what the
   network changes, ``|x - f(x)|`` (a lesion looks like noise to be removed);
-- ``lesion`` (pseudo-anomaly segmentation): the synthetic lesions of
-  :class:`medad_edu.models.mtl.proxy_tasks.SyntheticLesion` (intensity changes, same-organ cut-paste, foreign
-  patch interpolation in irregular blobs) are segmented at full resolution; failure map = the predicted
-  lesion probability;
+- ``lesion`` (pseudo-anomaly segmentation): synthetic anomalies are segmented at full resolution; failure map =
+  the predicted lesion probability. Which ones (``lesion_synthesis``): ``"patches"`` (the quick and paper
+  default), NSA's same-organ patches pasted at another place and scale, with NSA's soft labels (how much each
+  pixel changed); ``"lesions"``, the synthetic lesions of :class:`medad_edu.models.mtl.proxy_tasks.SyntheticLesion`
+  (intensity changes, same-organ cut-paste, foreign patch interpolation in irregular blobs, hard masks), the
+  first choice, kept as an option;
 - ``reconstruct`` (self-supervised): AE-U's uncertainty-weighted reconstruction (Mao et al. 2020) from the
   bottleneck alone (:class:`UncertainReconstruction`); the two tasks above see the image through the skips and
   copy a global change of shape, this one cannot.
