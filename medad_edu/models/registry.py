@@ -56,7 +56,9 @@ def with_default_options(method: str, options: dict[str, Any] | None) -> dict[st
 
     A run (or a bench record, or a variants file) written before an option existed used that option's default,
     so comparing settings this way finds it equal to a configuration that names the default, and different from
-    one that names another value. A method this installation does not provide is returned as it is.
+    one that names another value. This rests on the package's rule for a new option: its constructor default keeps
+    the earlier behaviour (as ``MultiTaskLearner(lesion_synthesis="lesions")`` does). A method this installation
+    does not provide is returned as it is.
     """
     options = dict(options or {})
     if method not in available_methods():

@@ -92,8 +92,9 @@ class CoarseNoiseRemoval(nn.Module):
 
 
 class LesionSegmentation(nn.Module):
-    """Proxy task ``lesion`` of the U-Net design: :class:`LesionSynthesis` (the classic ``SyntheticLesion``'s
-    synthesis) and a full-resolution head."""
+    """Proxy task ``lesion`` of the U-Net design: synthetic anomalies (``synthesis``: ``"patches"``, NSA's pasted
+    patches with soft labels, or ``"lesions"``, :class:`LesionSynthesis`, the classic ``SyntheticLesion``'s) and a
+    full-resolution head that segments them."""
 
     name, kind, aspect, has_map = "lesion", "pseudo-anomaly", "local structure", True
     num_views = 1
@@ -219,7 +220,8 @@ class UNetMTLNetwork(nn.Module):
         self.unet = UNet(1, 1, width=width, depth=depth,
                          middle=_MoEStack(width * 2 ** depth, experts, len(names) * self.num_organs, k, moe_layers))
         del self.unet.out  # each proxy task has its own output head
-        builders = {"denoise": lambda: CoarseNoiseRemoval(width), "lesion": lambda: LesionSegmentation(image_size, width, lesion_synthesis),
+        builders = {"denoise": lambda: CoarseNoiseRemoval(width),
+                    "lesion": lambda: LesionSegmentation(image_size, width, lesion_synthesis),
                     "reconstruct": lambda: UncertainReconstruction(image_size, width * 2 ** depth, depth)}
         self.tasks = nn.ModuleDict({n: builders[n]() for n in names})
 
@@ -305,4 +307,5 @@ class UNetMTLNetwork(nn.Module):
         return usage / usage.sum(1, keepdim=True).clamp_min(1e-12)
 
 
-__all__ = ["CoarseNoiseRemoval", "LESION_SYNTHESES", "LesionSegmentation", "UNET_TASKS", "UNetMTLNetwork", "UncertainReconstruction"]
+__all__ = ["CoarseNoiseRemoval", "LESION_SYNTHESES", "LesionSegmentation", "UNET_TASKS", "UNetMTLNetwork",
+           "UncertainReconstruction"]
