@@ -603,3 +603,37 @@ def test_validation_weight_source_uses_valid_abnormals(tmp_path):
     positives, groups = model._validation_positives(data, torch.zeros(0, 1, S, S), torch.zeros(0, dtype=torch.long))
     valid = data.tasks[0].valid
     assert len(positives) == int((valid.labels == 1).sum()) * len(data.tasks)
+
+
+def test_a_checkpoint_written_before_lesion_synthesis_existed_loads_and_resumes(tmp_path):
+    """A run saved before the option existed (no ``lesion_synthesis`` in its arguments or config) used the
+    lesions; the trainer must load it as that run, not refuse it as a different one, and resume it."""
+    import json
+
+    from medad_edu.training import load_or_train, make_config, train
+    from medad_edu.training.checkpoint import CHECKPOINT_NAME
+
+    data = tiny_data()
+    options = {"design": "classic", "proxy_tasks": ["rotate", "lesion"], "width": 4, "clusters": 2,
+               "lesion_synthesis": "lesions"}
+    cfg = make_config("mtl", "quick", epochs=1, batch_size=8, image_size=S, seed=0, options=options)
+    run = tmp_path / "run"
+    first = train(cfg, run, data=data, progress=False)
+    state = torch.load(run / CHECKPOINT_NAME, weights_only=True)  # make it an older run's checkpoint
+    state["init_args"].pop("lesion_synthesis")
+    state["config"]["options"].pop("lesion_synthesis")
+    torch.save(state, run / CHECKPOINT_NAME)
+    stored = json.loads((run / "config.json").read_text())
+    stored["options"].pop("lesion_synthesis")
+    (run / "config.json").write_text(json.dumps(stored))
+    loaded = load_or_train(cfg, run, data)
+    for name, tensor in first.model.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[name], tensor)
+    longer = train(make_config("mtl", "quick", epochs=2, batch_size=8, image_size=S, seed=0, options=options), run,
+                   data=data, progress=False, resume=True)
+    assert len(longer.history) == 2
+    # a real change of the option is still refused
+    with pytest.raises(Exception, match="lesion_synthesis"):
+        load_or_train(make_config("mtl", "quick", epochs=2, batch_size=8, image_size=S, seed=0,
+                                  options={**options, "design": "unet", "proxy_tasks": ["lesion"],
+                                           "lesion_synthesis": "patches"}), run, data)
