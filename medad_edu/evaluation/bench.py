@@ -202,26 +202,24 @@ def _spec(method: str, seed: int, cfg, data_spec: str) -> dict[str, Any]:
             "options": cfg.options}
 
 
+def _at_defaults(record: dict) -> dict:
+    """A run spec or variant row as plain JSON, its options completed with the method's defaults
+    (:func:`medad_edu.models.registry.with_default_options`), so records made before an option existed compare."""
+    plain = json.loads(json.dumps(record))  # tuples vs lists
+    if isinstance(plain.get("options"), dict):
+        plain["options"] = json.loads(json.dumps(with_default_options(plain.get("method"), plain["options"])))
+    return plain
+
+
 def same_variants(a: dict | None, b: dict | None) -> bool:
-    """Whether two variants dicts define the same rows, options compared with :func:`with_default_options`."""
+    """Whether two variants dicts define the same rows, options compared at their defaults."""
     if a is None or b is None or set(a) != set(b):
         return a == b
-    norm = lambda d: json.loads(json.dumps(d))  # noqa: E731 - tuples vs lists
-    for name in a:
-        ra, rb = dict(a[name]), dict(b[name])
-        ra["options"] = with_default_options(ra.get("method"), ra.get("options"))
-        rb["options"] = with_default_options(rb.get("method"), rb.get("options"))
-        if norm(ra) != norm(rb):
-            return False
-    return True
+    return all(_at_defaults(a[name]) == _at_defaults(b[name]) for name in a)
 
 
 def _spec_diff(old: dict, new: dict) -> list[str]:
-    norm = lambda d: json.loads(json.dumps(d))  # noqa: E731 - tuples vs lists
-    old, new = norm(old), norm(new)
-    if "options" in old and "options" in new and old.get("method") == new.get("method"):
-        old["options"] = norm(with_default_options(old["method"], old["options"]))
-        new["options"] = norm(with_default_options(new["method"], new["options"]))
+    old, new = _at_defaults(old), _at_defaults(new)
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 

@@ -26,30 +26,22 @@ from medad_edu.data.batches import split_tensors
 from medad_edu.data.embedded import EmbeddedSizes, load_embedded
 from medad_edu.evaluation.metrics import image_auroc
 from medad_edu.training.checkpoint import load_model
+from medad_edu.training.predict import predict_tensors
 from medad_edu.utils import versions
 
 TUNE_SEED, SEEDS, PEERS = 7, (0, 1, 2), ("nsa", "aeu", "allinone")
 
 
-def mean_auroc(scores: torch.Tensor, labels: np.ndarray, organs: np.ndarray) -> float:
-    scores = scores.numpy()
+def mean_auroc(scores: np.ndarray, labels: np.ndarray, organs: np.ndarray) -> float:
     return float(np.mean([image_auroc(scores[organs == g], labels[organs == g]) for g in np.unique(organs)]))
 
 
-def score(run: Path, images: torch.Tensor, organs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    model = load_model(run)[0].eval()
-    fused, tasks = [], []
-    with torch.no_grad():
-        for i in range(0, len(images), 100):
-            out = model(images[i:i + 100], organs[i:i + 100])
-            fused.append(out.pred_score)
-            if "task_scores" in out.extras:
-                tasks.append(out.extras["task_scores"])
-    per_task = {}
-    if tasks:
-        stacked = torch.cat(tasks)
-        per_task = {name: stacked[:, j] for j, name in enumerate(model.proxy_tasks)}
-    return torch.cat(fused), per_task
+def score(run: Path, tune) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The run's image scores on ``tune`` and, for MTL-MAD, each proxy task's own score."""
+    model = load_model(run)[0]
+    pred = predict_tensors(model, tune, batch_size=100, keep_extras=("task_scores",))
+    tasks = pred.extras.get("task_scores")
+    return pred.scores, ({name: tasks[:, j] for j, name in enumerate(model.proxy_tasks)} if tasks is not None else {})
 
 
 def main(out_path: str, *specs: str) -> None:
@@ -65,15 +57,15 @@ def main(out_path: str, *specs: str) -> None:
         entry = result["sets"].setdefault(kind, {})
         rows = {}
         for seed in SEEDS:
-            fused, per_task = score(Path(runs) / f"mtl-s{seed}", tune.images, tune.task_ids)
+            fused, per_task = score(Path(runs) / f"mtl-s{seed}", tune)
             rows[seed] = {"fused": mean_auroc(fused, labels, organs),
                           **{name: mean_auroc(s, labels, organs) for name, s in per_task.items()}}
         entry[f"mtl:{choice}"] = rows
         for peer in PEERS:
-            if f"{peer}" in entry or not all((Path(runs) / f"{peer}-s{s}").is_dir() for s in SEEDS):
+            if peer in entry or not all((Path(runs) / f"{peer}-s{s}").is_dir() for s in SEEDS):
                 continue
-            entry[peer] = {s: {"fused": mean_auroc(score(Path(runs) / f"{peer}-s{s}", tune.images,
-                                                               tune.task_ids)[0], labels, organs)} for s in SEEDS}
+            entry[peer] = {s: {"fused": mean_auroc(score(Path(runs) / f"{peer}-s{s}", tune)[0], labels, organs)}
+                           for s in SEEDS}
         print(kind, choice, {s: round(r["fused"], 3) for s, r in rows.items()}, flush=True)
     Path(out_path).write_text(json.dumps(result, indent=1) + "\n")
 
