@@ -78,7 +78,33 @@ def test_results_json_schema(bench_dir):
         assert run["timing"]["train_seconds"] > 0 and run["timing"]["inference_images_per_second"] > 0
         assert 0 <= run["timing"]["data_wait_share"] < 1
         assert (Path(run["run_dir"]) / RESULT_NAME).is_file()
+        size = run["lesion_size"]  # the tiny set has masks on every abnormal image
+        assert size["bins"] == ["small", "medium", "large"] and set(size["tasks"]) == {"chest_xray", "brain_mri"}
+        for bins in size["tasks"].values():
+            assert sum(b["n_abnormal"] for b in bins) == 8 and all(0 <= b["image_auroc"] <= 1 for b in bins)
+            assert all(a["area_max"] <= b["area_min"] for a, b in zip(bins, bins[1:]))  # smallest lesions first
     assert "CPU" in res["hardware"] or "GPU" in res["hardware"]
+
+
+def test_lesion_size_rows_come_from_the_stored_predictions(bench_dir):
+    """A run's per-size AUROCs are those of its stored test scores against the data's mask areas, and a cached
+    run gets them too (the ae run of this bench was finished before the second call)."""
+    import numpy as np
+
+    from medad_edu.data.batches import split_tensors
+    from medad_edu.evaluation.bench import PRED_NAME
+    from medad_edu.evaluation.metrics import image_auroc_by_lesion_size
+
+    test = split_tensors(bench_dir["data"], "test")
+    area, labels, tids = test.masks.flatten(1).mean(1).numpy(), test.labels.numpy(), test.task_ids.numpy()
+    for run in bench_dir["results"]["runs"]:
+        scores = np.load(Path(run["run_dir"]) / PRED_NAME)["scores"]
+        for i, task in enumerate(bench_dir["data"].task_names):
+            sel = tids == i
+            assert run["lesion_size"]["tasks"][task] == image_auroc_by_lesion_size(scores[sel], labels[sel], area[sel])
+        mean = run["lesion_size"]["mean"]
+        assert mean[2]["image_auroc"] == pytest.approx(
+            np.mean([run["lesion_size"]["tasks"][t][2]["image_auroc"] for t in ("chest_xray", "brain_mri")]))
 
 
 def test_markdown_tables_come_from_results_json(bench_dir):
@@ -87,7 +113,7 @@ def test_markdown_tables_come_from_results_json(bench_dir):
     md = (out / "results.md").read_text()
     assert md == render_markdown(res)
     assert "AUC / F1 / ACC" in md and "Pixel AUROC" in md and "AUPRO" in md and res["hardware"] in md
-    assert "Note: unit test" in md
+    assert "Note: unit test" in md and "Image AUROC per lesion size" in md
     auc = summary_table(res)["patchcore"]["image_auroc"][0]
     row = next(line for line in md.splitlines() if line.startswith("| patchcore | 2 |"))
     assert f"{100 * auc:.2f} ±" in row

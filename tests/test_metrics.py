@@ -116,6 +116,30 @@ def test_hand_computed_image_case():
         {"image_auroc": 0.75, "ap": 5 / 6, "f1": 0.8, "acc": 0.75, "threshold": 0.35})
 
 
+def test_auroc_by_lesion_size_hand_case():
+    normal = [0.1, 0.2, 0.3]
+    abnormal = [0.15, 0.05, 0.25, 0.35, 0.5, 0.6]  # areas 1 % .. 6 %: terciles {1, 2}, {3, 4}, {5, 6} %
+    s, y = normal + abnormal, [0, 0, 0] + [1] * 6
+    area = [0.9, 0.0, 0.5] + [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]  # normal images' areas are not read
+    bins = M.image_auroc_by_lesion_size(s, y, area)
+    # small: 0.15 beats 1 of 3 normals, 0.05 none -> 1/6; medium: 0.25 beats 2, 0.35 all 3 -> 5/6; large: 1
+    assert [b["image_auroc"] for b in bins] == pytest.approx([1 / 6, 5 / 6, 1.0], abs=1e-15)
+    assert [(b["area_min"], b["area_max"], b["n_abnormal"]) for b in bins] == [(0.01, 0.02, 2), (0.03, 0.04, 2),
+                                                                            (0.05, 0.06, 2)]
+    for b, sel in zip(bins, ([3, 4], [5, 6], [7, 8])):  # each bin is a plain AUROC of the normals and its images
+        assert b["image_auroc"] == pytest.approx(roc_auc_score([0, 0, 0, 1, 1], np.r_[normal, np.take(s, sel)]))
+    assert [b["n_abnormal"] for b in M.image_auroc_by_lesion_size(s, y, area, n_bins=1)] == [6]
+    assert M.image_auroc_by_lesion_size([0.1, 0.2], [0, 0], [0, 0]) == []  # no abnormal image: nothing to bin
+
+
+@pytest.mark.parametrize("area, n_bins, message", [
+    ([0.1, 0.0, 0.02], 3, "no lesion pixels"), ([0.1, 0.01], 3, "length mismatch"),
+    ([0.1, -0.01, 0.02], 3, ">= 0"), ([0.1, 0.01, 0.02], 0, "n_bins")])
+def test_auroc_by_lesion_size_bad_inputs(area, n_bins, message):
+    with pytest.raises(ValueError, match=message):
+        M.image_auroc_by_lesion_size([0.1, 0.5, 0.7], [0, 1, 1], area, n_bins=n_bins)
+
+
 def test_hand_computed_ties():
     # abnormal {1, 2} vs normal {0, 1}: (1>0)=1, (1=1)=1/2, (2>0)=1, (2>1)=1 -> 3.5 / 4
     s, y = [0, 1, 1, 2], [0, 0, 1, 1]

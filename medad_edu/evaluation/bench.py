@@ -30,10 +30,13 @@ the command line is ``medad-edu bench`` (:mod:`medad_edu.interface.cli`).
         {"method", "variant" (the row), "seed", "run_dir", "spec": {...}, "evaluation": {evaluate schema},
          "timing": {"train_seconds", "train_cpu_seconds", "epochs", "train_images", "train_images_per_second",
                     "data_wait_share", "inference_seconds", "inference_images_per_second", "peak_memory_mb",
-                    "peak_memory_kind"}, "diagnostics": {name: {...}} (rows that ask for them)}, ...],
+                    "peak_memory_kind"}, "diagnostics": {name: {...}} (rows that ask for them),
+         "lesion_size": {"bins": ["small", "medium", "large"], "tasks": {task: [{"area_min", "area_max",
+                         "n_abnormal", "image_auroc"}, ...]}, "mean": [...]} (data with lesion masks)}, ...],
      "failures": [{"method", "variant", "seed", "error"}]}
 
-(Benches kept from before variants existed have no ``variant`` keys: their rows are their methods.)
+(Benches kept from before variants existed have no ``variant`` keys: their rows are their methods; those kept
+before ``lesion_size`` existed have none: re-running the bench command adds it from the stored predictions.)
 
 Explained in notebooks/41_results.ipynb (the results chapter); the GPU commands are in book/real_benchmarks.md.
 
@@ -70,6 +73,7 @@ from ..models.registry import with_default_options
 from ..utils import atomic_write_bytes, atomic_write_json, get_device, peak_memory, reset_peak_memory, versions
 from .diagnostics import DIAGNOSTICS
 from .evaluate import summarise
+from .metrics import image_auroc_by_lesion_size
 from ..training.predict import predict_split
 
 SCHEMA_VERSION = 1
@@ -309,6 +313,48 @@ def run_one(method: str, seed: int, data: MultiTaskData, data_spec: str, config:
     return json.loads(result_path.read_text())
 
 
+# Detection by lesion size: the abnormal test images of each task in terciles of their lesion area.
+LESION_SIZE_BINS = ("small", "medium", "large")
+
+
+def lesion_areas(data: MultiTaskData) -> dict[str, np.ndarray]:
+    """The test split's labels, task ids, lesion areas (share of the image's pixels) and whether masks exist."""
+    t = split_tensors(data, "test")
+    return {"labels": t.labels.numpy().astype(int), "task_ids": t.task_ids.numpy().astype(int),
+            "area": t.masks.flatten(1).mean(1).numpy(), "has_mask": t.has_mask.numpy().astype(bool)}
+
+
+def lesion_size_auroc(run_dir: Path, areas: dict[str, np.ndarray], task_names: Sequence[str]) -> dict | None:
+    """Image AUROC per lesion-size tercile of one finished run, from its stored test predictions.
+
+    ``{"bins": [...], "tasks": {task: [bin, ...]}, "mean": [{"area_min", "area_max", "image_auroc"}, ...]}``: per
+    task, the normal images against the abnormal ones of each tercile
+    (:func:`medad_edu.evaluation.metrics.image_auroc_by_lesion_size`); ``mean`` averages the tasks that have masks
+    on every abnormal image. ``None`` when the run has no stored predictions or no task has such masks.
+    """
+    path = Path(run_dir) / PRED_NAME
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        scores, labels, task_ids = z["scores"], z["labels"].astype(int), z["task_ids"].astype(int)
+    if not (np.array_equal(labels, areas["labels"]) and np.array_equal(task_ids, areas["task_ids"])):
+        raise ValueError(f"{path}: its test images differ from this bench's data (labels or tasks)")
+    per_task = {}
+    for i, task in enumerate(task_names):
+        sel = task_ids == i
+        abnormal = sel & (labels == 1)
+        if not abnormal.any() or not areas["has_mask"][abnormal].all() or (areas["area"][abnormal] <= 0).any():
+            continue  # no masks, or an abnormal image without lesion pixels: sizes unknown
+        bins = image_auroc_by_lesion_size(scores[sel], labels[sel], areas["area"][sel], len(LESION_SIZE_BINS))
+        if len(bins) == len(LESION_SIZE_BINS):
+            per_task[task] = bins
+    if not per_task:
+        return None
+    mean = [{k: float(np.mean([b[j][k] for b in per_task.values()])) for k in ("area_min", "area_max", "image_auroc")}
+            for j in range(len(LESION_SIZE_BINS))]
+    return {"bins": list(LESION_SIZE_BINS), "tasks": per_task, "mean": mean}
+
+
 def _jsonable(obj):
     """NaN/inf -> None, numpy scalars -> python (results.json stays strict JSON)."""
     if isinstance(obj, dict):
@@ -395,6 +441,7 @@ def run_bench(methods: Sequence[str] | None = None, data: str | MultiTaskData = 
     device_obj = get_device(device)
     runs_dir = out_dir / "runs"
     records, failures = [], []
+    areas = lesion_areas(data_obj)
     done: dict[tuple[str, int], dict] = {}  # (method, seed) -> the first finished row's record
     for seed in sorted({s for v in row_seeds.values() for s in v}):
         for name, row in rows.items():
@@ -418,9 +465,12 @@ def run_bench(methods: Sequence[str] | None = None, data: str | MultiTaskData = 
                 failures.append({"method": method, "variant": name, "seed": seed,
                                  "error": f"{type(err).__name__}: {err}"})
                 continue
+            size = lesion_size_auroc(run_dir, areas, data_obj.task_names)
+            if size is not None:  # computed afresh from the stored predictions, also for cached runs
+                rec = {**rec, "lesion_size": size}
             done.setdefault((method, seed), rec)
             records.append(rec)
-    keep = ("method", "variant", "seed", "run_dir", "spec", "evaluation", "timing", "diagnostics")
+    keep = ("method", "variant", "seed", "run_dir", "spec", "evaluation", "timing", "diagnostics", "lesion_size")
     results = {
         "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -19,6 +19,8 @@ Image level (one score per image, one label per image):
 - :func:`image_metrics` -- all of the above with the protocol of the All-in-One paper (Sec. 4.2): image AUC, and
   F1 and ACC *at the threshold that maximises F1*. That threshold is chosen on the evaluated set itself, so F1
   and ACC are optimistic; in a deployed system the threshold must come from validation data.
+- :func:`image_auroc_by_lesion_size` -- image AUROC of the normal images against the abnormal images of each
+  lesion-size bin (terciles of the lesion area): how detection depends on how much of the image a lesion covers.
 
 Pixel level (one anomaly map per image, one binary ground-truth mask per image; all pixels of all images are
 pooled):
@@ -284,6 +286,51 @@ def image_metrics(scores: Any, labels: Any) -> dict:
         "acc": float(np.mean((s >= thr) == y)),
         "threshold": float(thr),
     }
+
+
+def image_auroc_by_lesion_size(scores: Any, labels: Any, lesion_area: Any, n_bins: int = 3) -> list[dict]:
+    """Image AUROC of all normal images against the abnormal images of one lesion-size bin, for each bin.
+
+    The abnormal images are sorted by lesion area and split into ``n_bins`` groups of (nearly) equal count
+    (terciles for 3; equal areas keep their input order, so a boundary may split them): a small lesion covers few
+    pixels, and a score pooled over a map finds it less easily. Compute it per task (areas differ between organs)
+    and average over tasks.
+
+    Args:
+        scores: image scores ``[N]``, higher = more abnormal.
+        labels: ``[N]`` in {0, 1}.
+        lesion_area: ``[N]``, the share of each image's pixels inside its lesion mask (read for abnormal images only).
+        n_bins: the number of size bins, >= 1.
+
+    Returns:
+        One dict per bin, smallest lesions first: ``{"area_min", "area_max", "n_abnormal", "image_auroc"}`` (areas
+        as shares of the image); fewer than ``n_bins`` when there are fewer abnormal images. Empty when there are
+        no normal or no abnormal images.
+
+    Raises:
+        ValueError: invalid scores/labels, ``lesion_area`` of another length or negative, ``n_bins < 1``, or an
+        abnormal image without lesion pixels (its size is unknown).
+    """
+    s, y = _check_scores_labels(scores, labels)
+    area = _as_float(_vector(lesion_area, "lesion_area"))
+    if area.shape != s.shape:
+        raise ValueError(f"length mismatch: {s.shape[0]} scores but {area.shape[0]} lesion areas")
+    if int(n_bins) != n_bins or n_bins < 1:
+        raise ValueError(f"n_bins must be an integer >= 1; got {n_bins!r}")
+    ab = area[y]
+    if (ab < 0).any() or np.isnan(ab).any():
+        raise ValueError("lesion_area must be >= 0 (a share of the image's pixels)")
+    if (ab == 0).any():
+        raise ValueError(f"{int((ab == 0).sum())} abnormal image(s) have no lesion pixels: their size is unknown")
+    if not y.any() or y.all():
+        return []
+    normal, abnormal = s[~y], s[y]
+    out = []
+    for sel in np.array_split(np.argsort(ab, kind="stable"), int(n_bins)):
+        if len(sel):
+            out.append({"area_min": float(ab[sel].min()), "area_max": float(ab[sel].max()),
+                        "n_abnormal": int(len(sel)), "image_auroc": float(RankCounts(abnormal[sel], normal).auroc())})
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

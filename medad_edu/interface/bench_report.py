@@ -132,6 +132,20 @@ def render_markdown(results: dict, heading_level: int = 1) -> str:
     for m, rs in by.items():
         lines.append("| " + " | ".join([m] + [_pm([r["evaluation"]["tasks"].get(t, {}).get("image_auroc")
                                                     for r in rs]) for t in tasks]) + " |")
+    sized = {m: [r["lesion_size"] for r in rs if r.get("lesion_size")] for m, rs in by.items()}
+    if all(sized.values()) and sized:  # every row has it (benches kept before it existed have none)
+        first = next(iter(sized.values()))[0]
+        lines += ["", f"{h2} Image AUROC per lesion size (%, mean ± std over seeds)", "",
+                  "Per task, the normal test images against the abnormal ones of each tercile of lesion area (the "
+                  "share of the image inside the lesion mask), then the mean over the tasks with masks ("
+                  + ", ".join(first["tasks"]) + "). The ranges are the mean over those tasks of each tercile's "
+                  "smallest and largest lesion.", ""]
+        head = [row_kind] + [f"{b} ({100 * x['area_min']:.1f}-{100 * x['area_max']:.1f} % of pixels)"
+                             for b, x in zip(first["bins"], first["mean"])]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for m, ss in sized.items():
+            lines.append("| " + " | ".join([m] + [_pm([x["mean"][j]["image_auroc"] for x in ss])
+                                                for j in range(len(first["bins"]))]) + " |")
     lines += ["", f"{h2} Cost ({results['hardware']}, device `{results['device']}`)", "",
               "Mean over seeds. Train s: wall time of training (incl. fitting hooks and threshold choice); CPU s: "
               "process CPU time of the same (unaffected by other jobs on a shared machine); train img/s: images "
