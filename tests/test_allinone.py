@@ -1,6 +1,7 @@
 """All-in-One: shapes, router TopK, Eq. 5, batched experts, checkpoints, the prompt-encoder fallback."""
 from __future__ import annotations
 
+import math
 import warnings
 from importlib import metadata
 
@@ -101,6 +102,9 @@ def test_bad_arguments():
         AllInOne(32, TASKS, PROMPTS, use_prompts=False)(torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="router_image_dropout"):
         AllInOne(32, TASKS, PROMPTS, router_image_dropout=1.0)
+    for bad in (-0.01, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="map_std_floor"):
+            AllInOne(32, TASKS, PROMPTS, map_std_floor=bad)
 
 
 def test_router_image_dropout_routes_some_training_images_on_the_prompt_alone():
@@ -381,6 +385,46 @@ def test_logvar_form_is_active_on_unit_range_images():
     assert torch.count_nonzero(u.grad) == 0
     with pytest.raises(ValueError, match="hallucination_form"):
         AllInOne(64, TASKS, PROMPTS, hallucination_form="other")
+
+
+def test_variance_floor_of_the_map():
+    """The map reads s as at least 2 ln(floor): a pixel that was constant in training (s at its lower bound) with a
+    small error no longer outweighs a lesion pixel with a large error; the loss is untouched."""
+    from medad_edu.models.allinone.loss import logvar_anomaly_map
+    from medad_edu.models.components import uncertainty_map
+
+    x = torch.zeros(1, 1, 1, 2)
+    x_hat = torch.tensor([[[[0.1, 0.5]]]])            # error 0.01 in the air pixel, 0.25 in the lesion pixel
+    s = torch.tensor([[[[-10.0, -4.0]]]])             # air: variance at the lower bound; lesion place: tissue
+    plain, floored = logvar_anomaly_map(x, x_hat, s), logvar_anomaly_map(x, x_hat, s, std_floor=0.05)
+    assert plain[0, 0, 0, 0] > plain[0, 0, 0, 1]      # without a floor the air pixel wins ...
+    assert floored[0, 0, 0, 0] < floored[0, 0, 0, 1]  # ... with it, the lesion
+    torch.testing.assert_close(floored, torch.tensor([[[[0.01 / 0.05 ** 2, 0.25 * math.exp(4.0)]]]]))
+    torch.testing.assert_close(uncertainty_map(x, x_hat, s, math.log(0.05 ** 2)), floored)
+    with pytest.raises(ValueError, match="std_floor"):
+        logvar_anomaly_map(x, x_hat, s, std_floor=-0.05)
+    torch.manual_seed(0)
+    xs, tid = torch.rand(2, 1, 32, 32), torch.tensor([0, 1])
+    assert AllInOne(32, TASKS, PROMPTS).map_std_floor == 0.0  # the constructor's default: runs made before the option
+    from medad_edu.training import make_config
+    from medad_edu.models.registry import with_default_options
+    assert all(make_config("allinone", c).options["map_std_floor"] == 0.05 for c in ("quick", "paper"))
+    assert with_default_options("allinone", {})["map_std_floor"] == 0.0  # a record without the key: no floor
+    model = AllInOne(32, TASKS, PROMPTS, map_std_floor=0.05).eval()
+    with torch.no_grad():
+        out = model(xs, tid)
+    u = out.extras["hallucination"].clamp_min(2 * math.log(0.05))
+    torch.testing.assert_close(out.anomaly_map, out.extras["error"] * torch.exp(-u))
+    model.map_std_floor = 0.0
+    with torch.no_grad():
+        out0 = model(xs, tid)
+    torch.testing.assert_close(out0.anomaly_map, out0.extras["error"] * torch.exp(-out0.extras["hallucination"]))
+    losses = []
+    for floor in (0.0, 0.05):  # the floor is read by the map only, never by the training loss
+        model.map_std_floor = floor
+        torch.manual_seed(1)  # the router's image dropout draws
+        losses.append(model.train().training_loss({"image": xs, "task_id": tid})["loss"])
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
 
 
 def test_constructors_read_no_file_network_or_environment(monkeypatch):

@@ -56,8 +56,15 @@ def uncertainty_nll(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> 
     return (uncertainty_map(x, mu, logvar) + logvar).mean()
 
 
-def uncertainty_map(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """``exp(-s) (x - mu)^2``: the squared error in units of the variance the network predicts for that pixel."""
+def uncertainty_map(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                    min_logvar: float | None = None) -> torch.Tensor:
+    """``exp(-s) (x - mu)^2``: the squared error in units of the variance the network predicts for that pixel.
+
+    ``min_logvar`` floors ``s`` in the map (not in the loss): where every training image had the same value (air,
+    the black frame), the network learns a variance near zero, and a small shift of anatomy into such a pixel
+    then outweighs a lesion by orders of magnitude. A floor at the images' noise level stops that."""
+    if min_logvar is not None:
+        logvar = logvar.clamp_min(min_logvar)
     return torch.exp(-logvar) * (x - mu) ** 2
 
 

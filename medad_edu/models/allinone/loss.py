@@ -18,7 +18,8 @@ e = 1/gamma instead (as if the images had been standardised), which lets u do it
 notebooks/13_allinone_hallucination.ipynb.
 
 The log-variance form (``hallucination_form="logvar"``, this package's default): the expert's second channel is a
-log-variance ``s`` bounded to (-10, 4), the loss is ``mean(e exp(-s) + s)`` and the map ``e exp(-s)``; the optimum
+log-variance ``s`` bounded to (-10, 4), the loss is ``mean(e exp(-s) + s)`` and the map ``e exp(-s)`` (read with a
+variance floor, ``std_floor``); the optimum
 ``s = ln e`` holds for any intensity range (:func:`logvar_loss`). The paper's form stays as
 ``hallucination_form="published"``, an ablation row.
 
@@ -34,6 +35,8 @@ Example::
 Defined in: notebooks/13_allinone_hallucination.ipynb
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -67,9 +70,15 @@ def hallucination_loss(x: torch.Tensor, x_hat: torch.Tensor, u: torch.Tensor, er
     return (anomaly_map(x, x_hat, u, error_scale) + u ** 2).mean()
 
 
-def logvar_anomaly_map(x: torch.Tensor, x_hat: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """The log-variance form's map: ``(x - x_hat)^2 exp(-s)``, the error in units of the variance it expects."""
-    return uncertainty_map(x, x_hat, s)
+def logvar_anomaly_map(x: torch.Tensor, x_hat: torch.Tensor, s: torch.Tensor, std_floor: float = 0.0) -> torch.Tensor:
+    """The log-variance form's map: ``(x - x_hat)^2 exp(-s)``, the error in units of the variance it expects.
+
+    ``std_floor`` > 0 reads the variance as at least ``std_floor^2`` (intensities in [0, 1]): pixels that were
+    constant in training (air) get ``s`` at its lower bound, and without a floor any anatomy shifted into them
+    outweighs a lesion (chapter 13)."""
+    if not std_floor >= 0:
+        raise ValueError(f"std_floor must be >= 0 (a standard deviation of [0, 1] intensities); got {std_floor}")
+    return uncertainty_map(x, x_hat, s, 2 * math.log(std_floor) if std_floor > 0 else None)
 
 
 def logvar_loss(x: torch.Tensor, x_hat: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
