@@ -412,6 +412,7 @@ def test_variance_floor_of_the_map():
     assert with_default_options("allinone", {})["map_std_floor"] == 0.0  # a record without the key: no floor
     model = AllInOne(32, TASKS, PROMPTS, map_std_floor=0.05).eval()
     with torch.no_grad():
+        model.experts.deconv[-1].bias[1::2] = -20.0  # every expert's s channel near its lower bound, as in air
         out = model(xs, tid)
     u = out.extras["hallucination"].clamp_min(2 * math.log(0.05))
     torch.testing.assert_close(out.anomaly_map, out.extras["error"] * torch.exp(-u))
@@ -419,6 +420,8 @@ def test_variance_floor_of_the_map():
     with torch.no_grad():
         out0 = model(xs, tid)
     torch.testing.assert_close(out0.anomaly_map, out0.extras["error"] * torch.exp(-out0.extras["hallucination"]))
+    assert (out.extras["hallucination"] < 2 * math.log(0.05)).float().mean() > 0.5  # so the floor is read ...
+    assert (out.anomaly_map < out0.anomaly_map).float().mean() > 0.5 and out.pred_score.lt(out0.pred_score).all()
     losses = []
     for floor in (0.0, 0.05):  # the floor is read by the map only, never by the training loss
         model.map_std_floor = floor
