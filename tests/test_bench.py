@@ -404,3 +404,18 @@ def test_a_stored_run_without_a_newer_option_resumes_at_its_default():
     stored_unet = unet.to_dict()
     stored_unet["options"] = {k: v for k, v in stored_unet["options"].items() if k != "lesion_synthesis"}
     assert config_differences(stored_unet, unet) == ["options.lesion_synthesis: 'lesions' -> 'patches'"]
+
+
+def test_the_lr_schedule_is_in_the_spec_only_when_not_constant(tmp_path, tiny_data_module):
+    """Runs cached before the setting existed keep their specs; a cosine run is another run and says so."""
+    from medad_edu.evaluation.bench import _spec
+    from medad_edu.training import make_config
+
+    assert "lr_schedule" not in _spec("ae", 0, make_config("ae", "quick"), "embedded")
+    assert _spec("ae", 0, make_config("ae", "quick", lr_schedule="cosine"), "embedded")["lr_schedule"] == "cosine"
+    out = tmp_path / "b"
+    res = run_bench(["ae"], data=tiny_data_module, seeds=[0], out_dir=out, epochs=1, batch_size=16,
+                    lr_schedule="cosine", log=lambda m: None)
+    assert res["runs"][0]["spec"]["lr_schedule"] == "cosine"
+    with pytest.raises(ValueError, match=r"lr_schedule: 'cosine' -> None"):
+        run_bench(["ae"], data=tiny_data_module, seeds=[0], out_dir=out, epochs=1, batch_size=16, log=lambda m: None)

@@ -59,6 +59,15 @@ def test_bad_input_one_line_error(tmp_path, capsys, args, needle):
     assert code == 2 and needle in err and len(err.splitlines()) == 1
 
 
+def test_an_unknown_lr_schedule_names_the_allowed_ones(tmp_path, capsys):
+    for cmd in (["train", "--method", "ae"], ["bench", "--methods", "ae"]):
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(*cmd, "--out", tmp_path / "r", "--lr-schedule", "step")
+        assert exit_.value.code == 2  # argparse: the usage line, then the error
+        last = capsys.readouterr().err.strip().splitlines()[-1]  # how the choices are quoted varies by Python
+        assert "argument --lr-schedule: invalid choice: 'step'" in last and "constant" in last and "cosine" in last
+
+
 def test_argparse_rejects_bad_numbers(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         run_cli("train", "--method", "ae", "--out", tmp_path, "--image-size", 50)

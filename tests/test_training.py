@@ -10,6 +10,7 @@ from medad_edu.evaluation import evaluate_model
 from medad_edu.models import METHODS, get_method
 from medad_edu.models.ae import AutoEncoder
 from medad_edu.training import CheckpointError, load_model, make_config, read_checkpoint, train
+from medad_edu.training.config import lr_at_epoch
 from medad_edu.utils import atomic_write_bytes, get_device
 
 
@@ -171,6 +172,26 @@ def test_resume_with_other_settings_needs_allow_config_change(tmp_path, tiny_dat
     state = read_checkpoint(tmp_path / "run")
     assert len(res.history) == 3 and state["config"]["seed"] == 3
     assert state["extra"]["config_changes"] == [{"after_epoch": 2, "changes": ["seed: 0 -> 3"]}]
+
+
+def test_cosine_lr_schedule_resumes_exactly(tmp_path, tiny_data):
+    """The cosine schedule sets each epoch's rate from the epoch alone: a resumed run equals an uninterrupted one."""
+    c = cfg(epochs=3, lr_schedule="cosine")
+    assert [lr_at_epoch(c, e) for e in range(3)] == pytest.approx([1e-3, 0.75e-3, 0.25e-3])
+    assert lr_at_epoch(cfg(epochs=3), 2) == 1e-3  # constant: cfg.lr throughout (every run before the setting)
+    full = train(c, tmp_path / "full", data=tiny_data, progress=False)
+    assert read_checkpoint(tmp_path / "full")["optimizer_state"]["param_groups"][0]["lr"] == pytest.approx(0.25e-3)
+    train(cfg(epochs=1, lr_schedule="cosine"), tmp_path / "part", data=tiny_data, progress=False)
+    with pytest.raises(CheckpointError, match=r"lr_schedule: 'cosine' -> 'constant'"):
+        train(cfg(epochs=3), tmp_path / "part", data=tiny_data, progress=False)
+    resumed = train(c, tmp_path / "part", data=tiny_data, progress=False)
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    constant = train(cfg(epochs=3), tmp_path / "constant", data=tiny_data, progress=False)
+    assert not all(torch.equal(a, b) for a, b in zip(full.model.state_dict().values(),
+                                                        constant.model.state_dict().values()))
+    with pytest.raises(ValueError, match=r"lr_schedule must be one of \('constant', 'cosine'\); got 'step'"):
+        make_config("ae", "quick", lr_schedule="step")
 
 
 def test_lock_is_released_when_training_fails(tmp_path, tiny_data, monkeypatch):

@@ -201,9 +201,12 @@ def _finished_epochs(run_dir: Path) -> int:
 
 
 def _spec(method: str, seed: int, cfg, data_spec: str) -> dict[str, Any]:
-    return {"method": method, "seed": seed, "config": cfg.config, "data": data_spec, "image_size": cfg.image_size,
+    spec = {"method": method, "seed": seed, "config": cfg.config, "data": data_spec, "image_size": cfg.image_size,
             "sizes": cfg.sizes, "tasks": cfg.tasks, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
             "options": cfg.options}
+    if cfg.lr_schedule != "constant":  # only then: runs cached before the setting existed keep their specs
+        spec["lr_schedule"] = cfg.lr_schedule
+    return spec
 
 
 def _at_defaults(record: dict) -> dict:
@@ -379,7 +382,8 @@ def run_bench(methods: Sequence[str] | None = None, data: str | MultiTaskData = 
               seeds: Sequence[int] = (0, 1, 2), out_dir: str | Path = "bench", sizes: str | None = None,
               tasks: Sequence[str] | None = None, epochs: int | None = None, image_size: int | None = None,
               batch_size: int | None = None, device: str = "auto", threads: int | None = None,
-              method_seeds: dict[str, Sequence[int]] | None = None, options: dict[str, dict] | None = None,
+              lr_schedule: str | None = None, method_seeds: dict[str, Sequence[int]] | None = None,
+              options: dict[str, dict] | None = None,
               patchcore_backbone: str = "auto", note: str = "", variants: dict[str, dict] | None = None,
               log: Callable[[str], None] | None = None) -> dict:
     """Run the benchmark (see the module docstring), write ``OUT/results.json`` and return its content.
@@ -387,10 +391,10 @@ def run_bench(methods: Sequence[str] | None = None, data: str | MultiTaskData = 
     The rows are ``methods`` (default: all), or ``variants`` (``{name: {"method", "options", "seeds", "epochs",
     "diagnostics"}}``, e.g. from :func:`load_variants`; not together with ``methods``, ``method_seeds`` or
     ``options``). ``method_seeds`` gives some methods fewer (or other) seeds than ``seeds``; ``options``
-    per-method options; ``epochs`` / ``image_size`` / ``batch_size`` override every row's configuration (e.g.
-    for a smoke run; ``epochs`` also a variant's own). ``patchcore_backbone="auto"`` takes the encoder of this
-    bench's mtl, else allinone, else ae run of the same seed (trained from scratch, offline), else a random
-    encoder.
+    per-method options; ``epochs`` / ``image_size`` / ``batch_size`` / ``lr_schedule`` override every row's
+    configuration (e.g. for a smoke run; ``epochs`` also a variant's own). ``patchcore_backbone="auto"`` takes
+    the encoder of this bench's mtl, else allinone, else ae run of the same seed (trained from scratch, offline),
+    else a random encoder.
     """
     from ..models.registry import available_methods, get_method
     from ..training.config import PRESETS
@@ -449,8 +453,8 @@ def run_bench(methods: Sequence[str] | None = None, data: str | MultiTaskData = 
                 continue
             method, opts = row["method"], dict(row["options"])
             overrides = {"epochs": epochs if epochs is not None else row["epochs"], "image_size": image_size,
-                         "batch_size": batch_size, "device": device, "sizes": sizes, "tasks": tasks,
-                         "data": data_spec}
+                         "batch_size": batch_size, "lr_schedule": lr_schedule, "device": device, "sizes": sizes,
+                         "tasks": tasks, "data": data_spec}
             run_dir = runs_dir / f"{name}-s{seed}"
             if method == "patchcore" and "backbone" not in opts:
                 opts["backbone"] = _patchcore_backbone(patchcore_backbone, seed, done, run_dir)

@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--image-size", type=_image_size, help="override the image side (multiple of 16)")
     tr.add_argument("--batch-size", type=_positive_int, help="override the batch size")
     tr.add_argument("--lr", type=_positive_float, help="override the learning rate")
+    tr.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
+                    help="learning rate over the epochs: constant, or cosine decay from --lr towards 0 "
+                         "(default: the configuration's, constant)")
     tr.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps")
     tr.add_argument("--seed", type=int, default=0, help="training seed (default 0); the data is fixed")
     tr.add_argument("--sizes", choices=["tiny", "quick", "paper"], help="embedded data size preset")
@@ -216,6 +219,8 @@ def _add_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=_image_size, default=None,
                         help="override the image side (multiple of 16)")
     parser.add_argument("--batch-size", type=_positive_int, default=None, help="override every method's batch size")
+    parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
+                        help="override every method's learning-rate schedule (default: each method's, constant)")
     parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is faster on a busy shared machine)")
@@ -359,7 +364,8 @@ def cmd_train(args) -> int:
     check_method_options(args.method, options)
     cfg = make_config(args.method, args.config, options=options, data=args.data,
                       epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
-                      device=args.device, seed=args.seed, sizes=args.sizes, tasks=args.tasks,
+                      lr_schedule=args.lr_schedule, device=args.device, seed=args.seed, sizes=args.sizes,
+                      tasks=args.tasks,
                       num_workers=args.workers, compile=args.compile, channels_last=args.channels_last,
                       sync_bn=args.sync_bn)
     t0 = time.perf_counter()
@@ -441,7 +447,7 @@ def cmd_bench(args) -> int:
         results = run_bench(methods=args.methods, data=args.data, config=args.config, seeds=args.seeds,
                             out_dir=args.out, sizes=args.sizes, tasks=args.tasks, epochs=args.epochs,
                             image_size=args.image_size, batch_size=args.batch_size, device=args.device,
-                            threads=args.threads, method_seeds=args.method_seeds,
+                            threads=args.threads, lr_schedule=args.lr_schedule, method_seeds=args.method_seeds,
                             options=_parse_method_options(args.option) if variants is None else None,
                             patchcore_backbone=args.patchcore_backbone, note=args.note, variants=variants)
     written = write_report(results, args.out, figures=not args.no_figures,

@@ -10,6 +10,7 @@ Defined in: notebooks/03_autoencoder.ipynb
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -36,6 +37,9 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False  # bfloat16 autocast on CUDA only; ignored elsewhere
     grad_clip: float | None = 5.0
+    # Learning rate over the epochs: "constant" (cfg.lr throughout; every run made before this setting), or "cosine"
+    # (cfg.lr at the first epoch, decayed per epoch along half a cosine towards 0; see ``lr_at_epoch``).
+    lr_schedule: str = "constant"
     num_workers: int = 0  # threads decoding image files once, before training
     # Speed settings, all off by default; like ``device`` they may change when a run is resumed.
     compile: bool = False  # torch.compile the training step
@@ -55,6 +59,19 @@ class TrainConfig:
 
 
 _TRAINER_KEYS = {f.name for f in fields(TrainConfig)} - {"options"}
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_at_epoch(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of epoch ``epoch`` (0-based) of ``cfg.epochs``.
+
+    ``cosine``: ``lr * (1 + cos(pi * epoch / epochs)) / 2``, set at the start of each epoch. It depends on the epoch
+    alone, so a resumed run continues the same schedule; a run resumed with more epochs (``epochs`` may grow)
+    continues along the longer schedule from the epoch it reached.
+    """
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(cfg.epochs, 1)))
 
 
 def make_config(method: str, config: str = "quick", options: dict[str, Any] | None = None,
@@ -85,4 +102,6 @@ def make_config(method: str, config: str = "quick", options: dict[str, Any] | No
     check_image_size(cfg.image_size)
     if not cfg.lr > 0:
         raise ValueError(f"lr must be > 0; got {cfg.lr}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}; got {cfg.lr_schedule!r}")
     return cfg

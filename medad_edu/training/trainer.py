@@ -40,7 +40,7 @@ from ..models.registry import get_method, with_default_options
 from ..utils import atomic_write_json, peak_memory, seed_everything, to_plain
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, build_model, read_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, lr_at_epoch
 from .thresholds import choose_thresholds
 
 
@@ -94,8 +94,8 @@ LOCK_NAME = ".lock"
 # Settings a resumed run must share with the stored config.json (``epochs`` may only grow); the device and the
 # number of decoding threads may change freely, they do not change what is trained. ``sizes`` and ``tasks`` only
 # count when ``train`` loads the data itself (``data=None``): given data, they do not decide what is trained.
-RESUME_SETTINGS = ("method", "data", "image_size", "sizes", "tasks", "seed", "lr", "weight_decay", "batch_size",
-                   "grad_clip", "amp", "options", "epochs")
+RESUME_SETTINGS = ("method", "data", "image_size", "sizes", "tasks", "seed", "lr", "lr_schedule", "weight_decay",
+                   "batch_size", "grad_clip", "amp", "options", "epochs")
 DATA_LOADING_SETTINGS = ("sizes", "tasks")
 
 
@@ -371,6 +371,9 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
     loop_start = time.perf_counter()
     for done, epoch in enumerate(_progress(epochs, progress and bar, f"{cfg.method}", total=len(epochs)), 1):
         model.train()
+        if optimizer is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at_epoch(cfg, epoch)
         # The shuffling depends on (seed, epoch) only, so a resumed run sees the same batches.
         sums: dict[str, float] = {}
         n_images, steps, wait = 0, 0, 0.0
