@@ -430,6 +430,65 @@ def test_variance_floor_of_the_map():
     torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
 
 
+def test_open_map_removes_thin_lines_and_keeps_blobs():
+    """The opening by hand: a one-pixel line and a two-pixel line vanish, a flat 5 x 5 blob keeps its values
+    exactly, a graded blob is never raised and stays, sizes 0 and 1 change nothing, and a bad size is a one-line
+    error that names the allowed values."""
+    from medad_edu.models.scoring import open_map
+    m = torch.zeros(2, 1, 16, 16)
+    m[0, 0, 2, :] = 5.0         # a one-pixel edge line
+    m[0, 0, 8:10, 1:15] = 3.0   # a two-pixel one
+    m[1, 0, 6:10, 6:10] = torch.arange(16.0).view(4, 4) + 1  # a lesion-sized blob
+    opened = open_map(m, 3)
+    assert opened[0].abs().max() == 0
+    inside = opened[1, 0, 6:10, 6:10]
+    assert (opened <= m).all() and inside.min() >= 1 and opened[1].sum() == inside.sum()
+    blob = torch.zeros(1, 1, 16, 16)
+    blob[0, 0, 4:9, 4:9] = 2.0  # a flat blob that contains the square is unchanged
+    torch.testing.assert_close(open_map(blob, 3), blob)
+    for size in (0, 1):
+        assert open_map(m, size) is m
+    for bad in (2, -1, 3.5, True, "3", float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"map_opening must be 0 \(none\) or an odd number"):
+            open_map(m, bad)
+
+
+def test_the_map_opening_is_read_by_the_map_and_the_score_only():
+    """``map_opening``: 3 px in the quick configuration (11 in paper), 0 by default and for records without the
+    key; the model's map is the opened map of the floored one, the score pools it, the HQ ablation's map is opened
+    alike, and the training loss does not read it."""
+    from medad_edu.models.scoring import open_map
+    from medad_edu.training import make_config
+    from medad_edu.models.registry import with_default_options
+    assert AllInOne(32, TASKS, PROMPTS).map_opening == 0
+    assert make_config("allinone", "quick").options["map_opening"] == 3
+    assert make_config("allinone", "paper").options["map_opening"] == 11
+    assert with_default_options("allinone", {})["map_opening"] == 0
+    for bad in (2, -3):
+        with pytest.raises(ValueError, match="map_opening"):
+            AllInOne(32, TASKS, PROMPTS, map_opening=bad)
+    with pytest.raises(ValueError, match="smaller than the image"):
+        AllInOne(32, TASKS, PROMPTS, map_opening=33)
+    torch.manual_seed(0)
+    xs, tid = torch.rand(2, 1, 32, 32), torch.tensor([0, 1])
+    model = AllInOne(32, TASKS, PROMPTS, map_std_floor=0.05, map_opening=3).eval()
+    with torch.no_grad():
+        out = model(xs, tid)
+        model.map_opening = 0
+        plain = model(xs, tid)
+    torch.testing.assert_close(out.anomaly_map, open_map(plain.anomaly_map, 3))
+    assert not torch.equal(out.anomaly_map, plain.anomaly_map)  # so the opening did something here
+    torch.testing.assert_close(out.pred_score, pool_map(out.anomaly_map, model.score_sigma, model.score_top))
+    torch.testing.assert_close(out.extras["map_no_hq"], open_map(plain.extras["map_no_hq"], 3))
+    torch.testing.assert_close(out.extras["error"], plain.extras["error"])
+    losses = []
+    for size in (0, 3):
+        model.map_opening = size
+        torch.manual_seed(1)
+        losses.append(model.train().training_loss({"image": xs, "task_id": tid})["loss"])
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+
+
 def test_constructors_read_no_file_network_or_environment(monkeypatch):
     """The factory resolves weights and caches; building All-in-One (or PatchCore) touches nothing outside."""
     import builtins

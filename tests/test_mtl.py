@@ -557,6 +557,56 @@ def test_unet_design_losses_failures_and_organ_gate():
         MultiTaskLearner(S, ["alpha"], weight_source="test")
 
 
+def test_the_reconstruct_map_floor_and_opening():
+    """``reconstruct_std_floor`` and ``reconstruct_opening``: 0.05 and 3 in the quick configuration, 0 (AE-U's map)
+    by default and for records without the keys; the task's map is AE-U's map with the floor (in [0, 1] units, so
+    ``4 * floor^2`` on the task's [-1, 1] scale), then opened; the other tasks' maps and every loss are unchanged."""
+    import math
+    from medad_edu.models.components import uncertainty_map
+    from medad_edu.models.registry import with_default_options
+    from medad_edu.models.scoring import open_map
+    from medad_edu.models.mtl.unet_model import UNET_TASKS
+    from medad_edu.training import make_config
+
+    quick, paper = make_config("mtl", "quick").options, make_config("mtl", "paper").options
+    assert (quick["reconstruct_std_floor"], quick["reconstruct_opening"]) == (0.05, 3)
+    assert (paper["reconstruct_std_floor"], paper["reconstruct_opening"]) == (0.05, 11)
+    assert with_default_options("mtl", {})["reconstruct_opening"] == 0
+    assert with_default_options("mtl", {})["reconstruct_std_floor"] == 0.0
+    kw = dict(design="unet", proxy_tasks=list(UNET_TASKS), width=4, depth=2, num_experts=2, top_k=1)
+    torch.manual_seed(0)
+    plain = MultiTaskLearner(S, ["alpha", "beta"], **kw).eval()
+    torch.manual_seed(0)
+    read = MultiTaskLearner(S, ["alpha", "beta"], reconstruct_std_floor=0.05, reconstruct_opening=3, **kw).eval()
+    rec = read.net.tasks["reconstruct"]
+    assert (rec.std_floor, rec.opening) == (0.05, 3) and plain.net.tasks["reconstruct"].opening == 0
+    with torch.no_grad():
+        rec.decoder.deconv[-1].bias[1] = -20.0  # s near its lower bound, as in air: so the floor is read
+        plain.load_state_dict(read.state_dict())
+        x, groups = torch.rand(4, 1, S, S), torch.tensor([0, 0, 1, 1])
+        s0, m0, _ = plain.net.failures(x, groups)
+        s1, m1, _ = read.net.failures(x, groups)
+        _, h, _ = read.net.trunk(x, read.net.gate_index(2, groups, 4, "cpu"), False)
+        out = rec(h)
+    floored = uncertainty_map(x * 2 - 1, out[:, :1], out[:, 1:], math.log(4 * 0.05 ** 2))
+    torch.testing.assert_close(m1[:, 2:3], open_map(floored, 3))
+    torch.testing.assert_close(m0[:, 2:3], uncertainty_map(x * 2 - 1, out[:, :1], out[:, 1:]))
+    assert not torch.allclose(m0[:, 2], m1[:, 2])
+    torch.testing.assert_close(m0[:, :2], m1[:, :2])
+    torch.testing.assert_close(s0[:, :2], s1[:, :2])
+    torch.manual_seed(1)
+    l0 = plain.train().training_loss({"image": x, "task_id": groups})["loss"]
+    torch.manual_seed(1)
+    l1 = read.train().training_loss({"image": x, "task_id": groups})["loss"]
+    torch.testing.assert_close(l0, l1, rtol=0, atol=0)
+    for bad, match in (({"reconstruct_std_floor": -0.1}, "reconstruct_std_floor"),
+                       ({"reconstruct_opening": 4}, "reconstruct_opening must be 0"),
+                       ({"reconstruct_opening": 33}, "smaller than the image")):
+        with pytest.raises(ValueError, match=match):
+            MultiTaskLearner(S, ["alpha"], **kw, **bad)
+    assert MultiTaskLearner.CLASSIC["reconstruct_opening"] == 0  # no reconstruct task: as recorded before
+
+
 def test_lesion_synthesis_patches_trains_on_nsa_patches_and_weighs_on_the_other_synthesis():
     from medad_edu.models.baselines.nsa import synthesize_anomalies
     from medad_edu.models.mtl.proxy_tasks import LesionSynthesis

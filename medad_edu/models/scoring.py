@@ -8,11 +8,18 @@ Kascenas et al. (MIDL 2022) and MedIAnomaly (Cai et al. 2024) smooth residual ma
 pooling. Every method that scores from a map uses this one function, so a comparison between methods is a
 comparison of their maps, not of their pooling. Explained in notebooks/40_baselines.ipynb (section 7).
 
+:func:`open_map` is a step a model may take before pooling (All-in-One's ``map_opening``): a grey-scale
+morphological opening, the minimum over a ``size`` x ``size`` square followed by the maximum over the same square.
+A response narrower than the square (the thin lines of residual along the edges of the skull or of the image
+that a reconstruction never gets exactly right) is removed; a blob that contains the square keeps its values.
+Explained in notebooks/13_allinone_hallucination.ipynb (section 7).
+
 Example::
 
     score = pool_map(amap, sigma=2.0, top=0.01)      # amap [B,1,S,S] -> [B]
+    score = pool_map(open_map(amap, 3))              # thin responses removed first
 
-Defined in: notebooks/40_baselines.ipynb
+Defined in: notebooks/40_baselines.ipynb, notebooks/13_allinone_hallucination.ipynb
 """
 from __future__ import annotations
 
@@ -56,6 +63,27 @@ def smooth_map(amap: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
 
 
+def check_opening(size: int, name: str = "map_opening") -> int:
+    """``size`` as an int, or a one-line ``ValueError``: 0 (no opening) or an odd number of pixels (a centred
+    square)."""
+    whole = isinstance(size, int) or (isinstance(size, float) and math.isfinite(size) and size == int(size))
+    if isinstance(size, bool) or not whole or size < 0 or (size > 0 and int(size) % 2 == 0):
+        raise ValueError(f"{name} must be 0 (none) or an odd number of pixels (1, 3, 5, ...); got {size!r}")
+    return int(size)
+
+
+def open_map(amap: torch.Tensor, size: int) -> torch.Tensor:
+    """Grey-scale opening of ``[B,1,H,W]`` maps with a ``size`` x ``size`` square (replicate padding): the erosion
+    (local minimum) removes what is narrower than the square, the dilation (local maximum) gives what survives
+    its extent back. ``size`` 0 or 1 returns the input."""
+    size = check_opening(size)
+    if size <= 1:
+        return amap
+    r = size // 2
+    eroded = -F.max_pool2d(F.pad(-amap, (r, r, r, r), mode="replicate"), size, 1)
+    return F.max_pool2d(F.pad(eroded, (r, r, r, r), mode="replicate"), size, 1)
+
+
 def pool_map(amap: torch.Tensor, sigma: float = DEFAULT_SIGMA, top: float = DEFAULT_TOP) -> torch.Tensor:
     """Image scores ``[B]``: the mean of the ``top`` share of highest pixels of the smoothed map."""
     flat = smooth_map(amap, sigma).flatten(1)
@@ -65,4 +93,5 @@ def pool_map(amap: torch.Tensor, sigma: float = DEFAULT_SIGMA, top: float = DEFA
     return flat.topk(k, dim=1).values.mean(1)
 
 
-__all__ = ["DEFAULT_SIGMA", "DEFAULT_TOP", "check_pooling", "gaussian_kernel1d", "pool_map", "smooth_map"]
+__all__ = ["DEFAULT_SIGMA", "DEFAULT_TOP", "check_opening", "check_pooling", "gaussian_kernel1d", "open_map",
+           "pool_map", "smooth_map"]

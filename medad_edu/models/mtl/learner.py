@@ -61,7 +61,12 @@ Options (constructor arguments, stored in checkpoints; ``--option`` on the comma
 - ``max_reference``: how many reference quantiles rank fusion keeps per (organ, proxy task);
 - ``lesion_weight``: loss weight of the lesion task (1 by default; its per-pixel BCE of a sparse mask is small
   beside the other tasks' cross-entropies, so its share of the shared trunk's gradient is small; 5 did not help
-  in the ablation of notebooks/23_mtl_ablations.ipynb).
+  in the ablation of notebooks/23_mtl_ablations.ipynb);
+- ``reconstruct_std_floor``, ``reconstruct_opening`` (read only by design ``unet``'s ``reconstruct`` task, unused
+  without it): that task's map read as All-in-One's, above a variance floor (a standard deviation of [0, 1]
+  intensities) and opened with a square of that many pixels (notebooks/13_allinone_hallucination.ipynb); 0.05 and
+  3 in the ``quick`` configuration, chosen on validation images (notebooks/24_mtl_unet.ipynb); 0, AE-U's map, by
+  default and for checkpoints written before.
 
 Example::
 
@@ -81,6 +86,7 @@ import torch
 from ...data.batches import split_tensors
 from ..base import AnomalyModel, AnomalyResult
 from ..baselines.nsa import synthesize_anomalies
+from ..scoring import check_opening
 from .fusion import ScoreNormalizer, check_fusion
 from .proxy_tasks import DEFAULT_TASKS, LesionSynthesis
 from .torch_model import MTLNetwork
@@ -102,16 +108,20 @@ class MultiTaskLearner(AnomalyModel):
     QUICK: dict[str, Any] = {"epochs": 20, "batch_size": 32, "lr": 1e-3, "design": "unet",
                              "proxy_tasks": list(UNET_TASKS), "width": 16, "depth": 3, "num_experts": 4, "top_k": 2,
                              "moe_layers": 1, "fusion": "weighted", "weight_source": "validation",
-                             "lesion_synthesis": "patches"}
+                             "lesion_synthesis": "patches", "reconstruct_std_floor": 0.05, "reconstruct_opening": 3}
+    # Both read the reconstruct task's map as All-in-One's (a variance floor, then a 3 x 3 opening; chosen on
+    # validation images at 64 px, chapter 24; PAPER's 11 px is the same share of a 256-px image, not measured there).
     # GPU, 256 px: the All-in-One paper's schedule (250 epochs, batch 64, Adam 5e-4), a wider and deeper U-Net.
     PAPER: dict[str, Any] = {"epochs": 250, "batch_size": 64, "lr": 5e-4, "design": "unet",
                              "proxy_tasks": list(UNET_TASKS), "width": 32, "depth": 4, "num_experts": 4, "top_k": 2,
                              "moe_layers": 1, "fusion": "weighted", "weight_source": "validation",
-                             "lesion_synthesis": "patches"}
+                             "lesion_synthesis": "patches", "reconstruct_std_floor": 0.05, "reconstruct_opening": 11}
     # The first design (six proxy tasks on a light half-resolution trunk, weighted fusion), kept as an ablation.
+    # It has no reconstruct task: its reconstruct_* options are 0, as in the runs recorded before they existed.
     CLASSIC: dict[str, Any] = {"design": "classic", "proxy_tasks": list(DEFAULT_TASKS), "width": 16,
                                "num_experts": 4, "top_k": 2, "moe_layers": 2, "fusion": "weighted",
-                               "weight_source": "pseudo", "lesion_synthesis": "lesions"}
+                               "weight_source": "pseudo", "lesion_synthesis": "lesions", "reconstruct_std_floor": 0.0,
+                               "reconstruct_opening": 0}
     PSEUDO_SEED = 2024  # seeds the pseudo-anomalies that fit the fusion weights (deterministic scoring)
     PSEUDO_COPIES = 2  # pseudo-anomalies made from each held-out normal image
 
@@ -122,7 +132,7 @@ class MultiTaskLearner(AnomalyModel):
                  uncertainty: bool = False, map_top: float = 0.01, weight_power: float = 2.0,
                  lesion_weight: float = 1.0, design: str = "classic", depth: int = 3,
                  score_sigma: float = 2.0, score_top: float = 0.01, weight_source: str = "pseudo",
-                 lesion_synthesis: str = "lesions"):
+                 lesion_synthesis: str = "lesions", reconstruct_std_floor: float = 0.0, reconstruct_opening: int = 0):
         # design defaults to "classic" here so that checkpoints written before the U-Net design load unchanged;
         # the quick and paper configurations select "unet".
         if design not in DESIGNS:
@@ -136,6 +146,13 @@ class MultiTaskLearner(AnomalyModel):
             raise ValueError(f"lesion_synthesis {lesion_synthesis!r} is an option of design 'unet'; "
                              "design 'classic' synthesises 'lesions'")
         check_fusion(fusion)
+        if not 0 <= reconstruct_std_floor < 1:
+            raise ValueError(f"reconstruct_std_floor must be in [0, 1) (a standard deviation of [0, 1] intensities; "
+                             f"0 = none); got {reconstruct_std_floor}")
+        reconstruct_opening = check_opening(reconstruct_opening, "reconstruct_opening")
+        if reconstruct_opening >= image_size:
+            raise ValueError(f"reconstruct_opening must be smaller than the image ({image_size} px); "
+                             f"got {reconstruct_opening}")
         if not 0 < top_fraction <= 1:
             raise ValueError(f"top_fraction must be in (0, 1]; got {top_fraction}")
         if not 0 < map_top <= 1:
@@ -157,6 +174,9 @@ class MultiTaskLearner(AnomalyModel):
                                       num_organs=len(task_names), lesion_synthesis=lesion_synthesis)
             for proxy in self.net.tasks.values():
                 proxy.score_sigma, proxy.score_top = float(score_sigma), float(score_top)
+            if "reconstruct" in self.net.tasks:
+                rec = self.net.tasks["reconstruct"]
+                rec.std_floor, rec.opening = float(reconstruct_std_floor), reconstruct_opening
         else:
             self.net = MTLNetwork(image_size, proxy_tasks, width=width, moe=moe, num_experts=num_experts,
                                   top_k=top_k, moe_layers=moe_layers, clusters=clusters, uncertainty=uncertainty)

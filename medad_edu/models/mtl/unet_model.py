@@ -37,6 +37,7 @@ Defined in: notebooks/21_mtl_moe.ipynb, notebooks/23_mtl_ablations.ipynb
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -46,7 +47,7 @@ from torch import nn
 from ..baselines.dae import coarse_noise
 from ..baselines.nsa import synthesize_anomalies
 from ..components import ConvDecoder, bounded_logvar, uncertainty_map, uncertainty_nll
-from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, pool_map
+from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, open_map, pool_map
 from ..unet import UNet
 from .heads import DenseHead
 from .moe import MoELayer
@@ -145,6 +146,11 @@ class UncertainReconstruction(nn.Module):
     log-variance per pixel with its own decoder; loss and map are AE-U's (inputs in [-1, 1],
     ``mean(exp(-s)(x - mu)^2 + s)``, map ``exp(-s)(x - mu)^2``). A code of 16 numbers cannot carry a lesion, nor
     a global change of shape (a too-large optic cup), which the two full-resolution tasks copy through the skips.
+
+    Its map can be read as All-in-One's is (chapter 13): ``std_floor`` reads the variance as at least
+    ``std_floor^2`` (a standard deviation of [0, 1] intensities, so ``(2 std_floor)^2`` on the task's [-1, 1] scale)
+    and ``opening`` opens the map with a square of that many pixels (:func:`medad_edu.models.scoring.open_map`).
+    Both are 0 here, which is AE-U's map; the learner sets them from its options.
     """
 
     name, kind, aspect, has_map = "reconstruct", "self-supervised", "global appearance (reconstruction)", True
@@ -158,6 +164,7 @@ class UncertainReconstruction(nn.Module):
         self.decoder = ConvDecoder(image_size, out_channels=2, latent=latent)
         self.loss_weight = 1.0
         self.score_sigma, self.score_top = DEFAULT_SIGMA, DEFAULT_TOP
+        self.std_floor, self.opening = 0.0, 0
 
     def corrupt(self, images, generator, organs=None):
         return images, {"image": images}
@@ -173,7 +180,9 @@ class UncertainReconstruction(nn.Module):
         return uncertainty_nll(targets["image"] * 2 - 1, output[:, :1], output[:, 1:])
 
     def failure(self, output, targets):
-        amap = uncertainty_map(targets["image"] * 2 - 1, output[:, :1], output[:, 1:])
+        min_logvar = math.log(4 * self.std_floor ** 2) if self.std_floor > 0 else None  # [-1, 1]: variance x 4
+        amap = open_map(uncertainty_map(targets["image"] * 2 - 1, output[:, :1], output[:, 1:], min_logvar),
+                        self.opening)
         return pool_map(amap, self.score_sigma, self.score_top), amap
 
 
