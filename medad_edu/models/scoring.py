@@ -11,7 +11,8 @@ comparison of their maps, not of their pooling. Explained in notebooks/40_baseli
 :func:`open_map` is a step a model may take before pooling (All-in-One's ``map_opening``): a grey-scale
 morphological opening, the minimum over a ``size`` x ``size`` square followed by the maximum over the same square.
 A response narrower than the square (the thin lines of residual along the edges of the skull or of the image
-that a reconstruction never gets exactly right) is removed; a blob that contains the square keeps its values.
+that a reconstruction never gets exactly right) is removed; a flat blob that contains the square keeps its values,
+and a graded one keeps its extent. The opened map is never above the map.
 Explained in notebooks/13_allinone_hallucination.ipynb (section 7).
 
 Example::

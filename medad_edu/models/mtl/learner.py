@@ -105,12 +105,12 @@ class MultiTaskLearner(AnomalyModel):
     ddp_find_unused_parameters = True
     # CPU, 64 px: one universal model over the five embedded organs in a few minutes.
     # Each training image is used by the three proxy tasks per step, so an epoch costs several AE epochs.
+    # QUICK and PAPER read the reconstruct task's map as All-in-One's (a variance floor, then a 3 x 3 opening; chosen
+    # on validation images at 64 px, chapter 24; PAPER's 11 px is the same share of a 256-px image, not measured there).
     QUICK: dict[str, Any] = {"epochs": 20, "batch_size": 32, "lr": 1e-3, "design": "unet",
                              "proxy_tasks": list(UNET_TASKS), "width": 16, "depth": 3, "num_experts": 4, "top_k": 2,
                              "moe_layers": 1, "fusion": "weighted", "weight_source": "validation",
                              "lesion_synthesis": "patches", "reconstruct_std_floor": 0.05, "reconstruct_opening": 3}
-    # Both read the reconstruct task's map as All-in-One's (a variance floor, then a 3 x 3 opening; chosen on
-    # validation images at 64 px, chapter 24; PAPER's 11 px is the same share of a 256-px image, not measured there).
     # GPU, 256 px: the All-in-One paper's schedule (250 epochs, batch 64, Adam 5e-4), a wider and deeper U-Net.
     PAPER: dict[str, Any] = {"epochs": 250, "batch_size": 64, "lr": 5e-4, "design": "unet",
                              "proxy_tasks": list(UNET_TASKS), "width": 32, "depth": 4, "num_experts": 4, "top_k": 2,
