@@ -64,12 +64,14 @@ def smooth_map(amap: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
 
 
-def check_opening(size: int, name: str = "map_opening") -> int:
+def check_opening(size: int, name: str = "map_opening", image_size: int | None = None) -> int:
     """``size`` as an int, or a one-line ``ValueError``: 0 (no opening) or an odd number of pixels (a centred
-    square)."""
+    square), smaller than ``image_size`` when that is given."""
     whole = isinstance(size, int) or (isinstance(size, float) and math.isfinite(size) and size == int(size))
     if isinstance(size, bool) or not whole or size < 0 or (size > 0 and int(size) % 2 == 0):
         raise ValueError(f"{name} must be 0 (none) or an odd number of pixels (1, 3, 5, ...); got {size!r}")
+    if image_size is not None and size >= image_size:
+        raise ValueError(f"{name} must be smaller than the image ({image_size} px); got {size}")
     return int(size)
 
 

@@ -123,9 +123,7 @@ class AllInOne(AnomalyModel):
         if not 0 <= map_std_floor < 1:
             raise ValueError(f"map_std_floor must be in [0, 1) (a standard deviation of [0, 1] intensities; 0 = none); "
                              f"got {map_std_floor}")
-        map_opening = check_opening(map_opening)
-        if map_opening >= image_size:
-            raise ValueError(f"map_opening must be smaller than the image ({image_size} px); got {map_opening}")
+        map_opening = check_opening(map_opening, "map_opening", image_size)
         if not 0 <= router_image_dropout < 1:
             raise ValueError(f"router_image_dropout must be in [0, 1); got {router_image_dropout}")
         if use_prompts and prompt_dim < 1:

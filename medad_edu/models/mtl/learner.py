@@ -149,10 +149,7 @@ class MultiTaskLearner(AnomalyModel):
         if not 0 <= reconstruct_std_floor < 1:
             raise ValueError(f"reconstruct_std_floor must be in [0, 1) (a standard deviation of [0, 1] intensities; "
                              f"0 = none); got {reconstruct_std_floor}")
-        reconstruct_opening = check_opening(reconstruct_opening, "reconstruct_opening")
-        if reconstruct_opening >= image_size:
-            raise ValueError(f"reconstruct_opening must be smaller than the image ({image_size} px); "
-                             f"got {reconstruct_opening}")
+        reconstruct_opening = check_opening(reconstruct_opening, "reconstruct_opening", image_size)
         if not 0 < top_fraction <= 1:
             raise ValueError(f"top_fraction must be in (0, 1]; got {top_fraction}")
         if not 0 < map_top <= 1:
