@@ -607,6 +607,50 @@ def test_the_reconstruct_map_floor_and_opening():
     assert MultiTaskLearner.CLASSIC["reconstruct_opening"] == 0  # no reconstruct task: as recorded before
 
 
+def test_the_reconstruct_task_with_its_own_encoder():
+    """``reconstruct_encoder="own"``: the reconstruct rows get their bottleneck from the task's own encoder, then
+    pass the shared MoE layer; the stacked step equals the hand computation, the reconstruction loss sends no
+    gradient into the U-Net encoder, and "shared" (the default) builds no such encoder."""
+    from medad_edu.models.mtl.unet_model import UNET_TASKS
+
+    kw = dict(design="unet", proxy_tasks=list(UNET_TASKS), width=4, depth=2, num_experts=2, top_k=1)
+    assert MultiTaskLearner(S, ["alpha"], **kw).net.tasks["reconstruct"].encoder is None
+    torch.manual_seed(0)
+    model = MultiTaskLearner(S, ["alpha", "beta"], reconstruct_encoder="own", **kw)
+    assert model.options["reconstruct_encoder"] == "own"
+    net = model.net
+    x, groups = torch.rand(4, 1, S, S), torch.tensor([0, 0, 1, 1])
+    gen = torch.Generator().manual_seed(3)
+    corrupted = [net.tasks[n].corrupt(x, gen, groups) for n in net.task_names]
+    skips = net.unet.encode(torch.cat([c[0] for c in corrupted[:2]]))
+    own_h = net.tasks["reconstruct"].encoder(corrupted[2][0])
+    assert own_h.shape[1:] == skips[-1].shape[1:]  # the U-Net bottleneck's shape, so the MoE layer takes both
+    h, _ = net.unet.middle(torch.cat([skips.pop(), own_h]),
+                           torch.cat([net.gate_index(t, groups, 4, "cpu") for t in range(3)]))
+    feats = net.unet.decode(h[:8], skips)
+    hand = [net.tasks["denoise"].loss(net.tasks["denoise"](feats[:4]), corrupted[0][1]),
+            net.tasks["lesion"].loss(net.tasks["lesion"](feats[4:8]), corrupted[1][1]),
+            net.tasks["reconstruct"].loss(net.tasks["reconstruct"](h[8:]), corrupted[2][1])]
+    pkg = net.losses(x, torch.Generator().manual_seed(3), groups)
+    for name, want in zip(net.task_names, hand):
+        torch.testing.assert_close(pkg[name], want)
+    net.zero_grad()
+    pkg["reconstruct"].backward()
+    assert all(p.grad is None or not p.grad.any() for p in net.unet.inc.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in net.tasks["reconstruct"].encoder.parameters())
+    model.eval()
+    scores, maps, gates = net.failures(x, groups)
+    assert scores.shape == (4, 3) and maps.shape == (4, 3, S, S) and torch.isfinite(scores).all()
+    # the task alone, as the bench's per-task rows read it, is the same reconstruction
+    torch.testing.assert_close(net.forward_task("reconstruct", x, groups),
+                               net.tasks["reconstruct"](net.trunk(x, net.gate_index(2, groups, 4, "cpu"), False,
+                                                                  torch.ones(4, dtype=torch.bool))[1]))
+    with pytest.raises(ValueError, match="reconstruct_encoder must be one of"):
+        MultiTaskLearner(S, ["alpha"], reconstruct_encoder="private", **kw)
+    with pytest.raises(ValueError, match="option of design 'unet'"):
+        MultiTaskLearner(S, ["alpha"], design="classic", reconstruct_encoder="own")
+
+
 def test_lesion_synthesis_patches_trains_on_nsa_patches_and_weighs_on_the_other_synthesis():
     from medad_edu.models.baselines.nsa import synthesize_anomalies
     from medad_edu.models.mtl.proxy_tasks import LesionSynthesis

@@ -66,7 +66,10 @@ Options (constructor arguments, stored in checkpoints; ``--option`` on the comma
   without it): that task's map read as All-in-One's, above a variance floor (a standard deviation of [0, 1]
   intensities) and opened with a square of that many pixels (notebooks/13_allinone_hallucination.ipynb); 0.05 and
   3 in the ``quick`` configuration, chosen on validation images (notebooks/24_mtl_unet.ipynb); 0, AE-U's map, by
-  default and for checkpoints written before.
+  default and for checkpoints written before;
+- ``reconstruct_encoder`` (design ``unet``): ``"shared"`` (default), the ``reconstruct`` task reads the bottleneck
+  of the U-Net encoder that the skip tasks train; ``"own"``, it has its own strided-conv encoder whose bottleneck
+  passes the same MoE layer (gated by the task's own rows).
 
 Example::
 
@@ -132,7 +135,8 @@ class MultiTaskLearner(AnomalyModel):
                  uncertainty: bool = False, map_top: float = 0.01, weight_power: float = 2.0,
                  lesion_weight: float = 1.0, design: str = "classic", depth: int = 3,
                  score_sigma: float = 2.0, score_top: float = 0.01, weight_source: str = "pseudo",
-                 lesion_synthesis: str = "lesions", reconstruct_std_floor: float = 0.0, reconstruct_opening: int = 0):
+                 lesion_synthesis: str = "lesions", reconstruct_std_floor: float = 0.0, reconstruct_opening: int = 0,
+                 reconstruct_encoder: str = "shared"):
         # design defaults to "classic" here so that checkpoints written before the U-Net design load unchanged;
         # the quick and paper configurations select "unet".
         if design not in DESIGNS:
@@ -145,6 +149,9 @@ class MultiTaskLearner(AnomalyModel):
         if design == "classic" and lesion_synthesis != "lesions":
             raise ValueError(f"lesion_synthesis {lesion_synthesis!r} is an option of design 'unet'; "
                              "design 'classic' synthesises 'lesions'")
+        if design == "classic" and reconstruct_encoder != "shared":
+            raise ValueError(f"reconstruct_encoder {reconstruct_encoder!r} is an option of design 'unet'; "
+                             "design 'classic' has no reconstruct task")
         check_fusion(fusion)
         if not 0 <= reconstruct_std_floor < 1:
             raise ValueError(f"reconstruct_std_floor must be in [0, 1) (a standard deviation of [0, 1] intensities; "
@@ -168,7 +175,8 @@ class MultiTaskLearner(AnomalyModel):
         if design == "unet":
             self.net = UNetMTLNetwork(image_size, proxy_tasks, width=width, depth=depth, moe=moe,
                                       num_experts=num_experts, top_k=top_k, moe_layers=moe_layers,
-                                      num_organs=len(task_names), lesion_synthesis=lesion_synthesis)
+                                      num_organs=len(task_names), lesion_synthesis=lesion_synthesis,
+                                      reconstruct_encoder=reconstruct_encoder)
             for proxy in self.net.tasks.values():
                 proxy.score_sigma, proxy.score_top = float(score_sigma), float(score_top)
             if "reconstruct" in self.net.tasks:

@@ -46,7 +46,7 @@ from torch import nn
 
 from ..baselines.dae import coarse_noise
 from ..baselines.nsa import synthesize_anomalies
-from ..components import ConvDecoder, bounded_logvar, uncertainty_map, uncertainty_nll
+from ..components import ConvDecoder, bounded_logvar, conv_block, uncertainty_map, uncertainty_nll
 from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, open_map, pool_map
 from ..unet import UNet
 from .heads import DenseHead
@@ -59,6 +59,9 @@ UNET_TASKS: tuple[str, ...] = ("denoise", "lesion", "reconstruct")
 # ``"patches"``, NSA's same-organ patches pasted at another place and scale with NSA's soft labels (the change a
 # patch makes, Schlueter et al. 2022; :func:`medad_edu.models.baselines.nsa.synthesize_anomalies`).
 LESION_SYNTHESES: tuple[str, ...] = ("lesions", "patches")
+# Where the ``reconstruct`` task's bottleneck comes from: ``"shared"``, the U-Net encoder of the other tasks;
+# ``"own"``, its own strided-conv encoder (both then pass the shared MoE layer).
+RECONSTRUCT_ENCODERS: tuple[str, ...] = ("shared", "own")
 
 
 class CoarseNoiseRemoval(nn.Module):
@@ -157,9 +160,16 @@ class UncertainReconstruction(nn.Module):
     num_views = 1
     reads = "bottleneck"  # the MoE-transformed bottleneck, no skips
 
-    def __init__(self, image_size: int, channels: int, depth: int, latent: int = 16):
+    def __init__(self, image_size: int, channels: int, depth: int, latent: int = 16, own_encoder: bool = False):
         super().__init__()
         grid = image_size // 2 ** depth
+        # own_encoder: the task's bottleneck comes from its own strided-conv encoder (AE-U's blocks, channels
+        # doubling to the U-Net's bottleneck width), not from the U-Net encoder shared with the skip tasks; it
+        # still passes the shared MoE layer, gated by the task's own rows.
+        self.encoder = None
+        if own_encoder:
+            chans = [1] + [channels // 2 ** (depth - 1 - i) for i in range(depth)]
+            self.encoder = nn.Sequential(*[conv_block(a, b) for a, b in zip(chans[:-1], chans[1:])])
         self.to_latent = nn.Sequential(nn.Flatten(), nn.Linear(channels * grid * grid, latent))
         self.decoder = ConvDecoder(image_size, out_channels=2, latent=latent)
         self.loss_weight = 1.0
@@ -207,9 +217,11 @@ class UNetMTLNetwork(nn.Module):
 
     def __init__(self, image_size: int, proxy_tasks: Sequence[str] = UNET_TASKS, width: int = 8, depth: int = 3,
                  moe: bool = True, num_experts: int = 4, top_k: int = 2, moe_layers: int = 1, num_organs: int = 1,
-                 lesion_synthesis: str = "lesions"):
+                 lesion_synthesis: str = "lesions", reconstruct_encoder: str = "shared"):
         super().__init__()
         names = list(proxy_tasks)
+        if reconstruct_encoder not in RECONSTRUCT_ENCODERS:
+            raise ValueError(f"reconstruct_encoder must be one of {RECONSTRUCT_ENCODERS}; got {reconstruct_encoder!r}")
         unknown = [n for n in names if n not in UNET_TASKS]
         if not names or unknown:
             raise ValueError(f"design 'unet' trains proxy tasks from {list(UNET_TASKS)}; got {names}")
@@ -231,7 +243,8 @@ class UNetMTLNetwork(nn.Module):
         del self.unet.out  # each proxy task has its own output head
         builders = {"denoise": lambda: CoarseNoiseRemoval(width),
                     "lesion": lambda: LesionSegmentation(image_size, width, lesion_synthesis),
-                    "reconstruct": lambda: UncertainReconstruction(image_size, width * 2 ** depth, depth)}
+                    "reconstruct": lambda: UncertainReconstruction(image_size, width * 2 ** depth, depth,
+                                                                  own_encoder=reconstruct_encoder == "own")}
         self.tasks = nn.ModuleDict({n: builders[n]() for n in names})
 
     @property
@@ -248,16 +261,40 @@ class UNetMTLNetwork(nn.Module):
         organs = torch.zeros(n, dtype=torch.long, device=device) if organs is None else organs.to(device).long()
         return proxy_index * self.num_organs + organs.clamp(0, self.num_organs - 1)
 
-    def trunk(self, x: torch.Tensor, gate_index: torch.Tensor, decode: bool | torch.Tensor = True):
-        """``(decoder features, MoE-transformed bottleneck, MoE info)``. ``decode``: ``True`` decodes every row,
-        ``False`` none (features ``None``), a boolean ``[N]`` mask only those rows (in order)."""
-        skips = self.unet.encode(x)
-        h, info = self.unet.middle(skips.pop(), gate_index)
+    def trunk(self, x: torch.Tensor, gate_index: torch.Tensor, decode: bool | torch.Tensor = True,
+              own: torch.Tensor | None = None):
+        """``(decoder features, MoE-transformed bottleneck, MoE info)``. ``decode``: ``True`` decodes every row
+        (every row of the U-Net encoder when ``own`` is given), ``False`` none (features ``None``), a boolean
+        ``[N]`` mask only those rows (in order). ``own``: a boolean ``[N]`` mask of the rows whose bottleneck comes
+        from the ``reconstruct`` task's own encoder (never decoded)."""
+        if own is None or not bool(own.any()):
+            skips = self.unet.encode(x)
+            h, info = self.unet.middle(skips.pop(), gate_index)
+            if decode is True:
+                return self.unet.decode(h, skips), h, info
+            if decode is False or not bool(decode.any()):
+                return None, h, info
+            return self.unet.decode(h[decode], [s[decode] for s in skips]), h, info
+        # rows with their own encoder: their bottleneck joins the others' before the (shared) MoE layer
+        shared = ~own
+        own_h = self.tasks["reconstruct"].encoder(x[own])
+        skips = self.unet.encode(x[shared]) if bool(shared.any()) else []
+        bottleneck = own_h.new_empty((len(x), *own_h.shape[1:]))
+        bottleneck[own] = own_h
+        if skips:
+            bottleneck[shared] = skips.pop()
+        h, info = self.unet.middle(bottleneck, gate_index)
         if decode is True:
-            return self.unet.decode(h, skips), h, info
+            decode = shared
         if decode is False or not bool(decode.any()):
             return None, h, info
-        return self.unet.decode(h[decode], [s[decode] for s in skips]), h, info
+        if bool((decode & own).any()):
+            raise ValueError("rows with the reconstruct task's own encoder have no skips to decode")
+        keep = decode[shared]
+        return self.unet.decode(h[decode], [s[keep] for s in skips]), h, info
+
+    def _own_encoder(self, name: str) -> bool:
+        return getattr(self.tasks[name], "encoder", None) is not None
 
     def _proxy_output(self, name: str, feats, bottleneck):
         proxy = self.tasks[name]
@@ -265,7 +302,8 @@ class UNetMTLNetwork(nn.Module):
 
     def forward_task(self, name: str, inputs: torch.Tensor, organs: torch.Tensor | None = None) -> torch.Tensor:
         idx = self.gate_index(self.task_names.index(name), organs, len(inputs), inputs.device)
-        feats, h, _ = self.trunk(inputs, idx, self.tasks[name].reads == "decoder")
+        own = torch.full((len(inputs),), self._own_encoder(name), device=inputs.device)
+        feats, h, _ = self.trunk(inputs, idx, self.tasks[name].reads == "decoder", own)
         return self._proxy_output(name, feats, h)
 
     def losses(self, images: torch.Tensor, generator: torch.Generator,
@@ -279,7 +317,8 @@ class UNetMTLNetwork(nn.Module):
         # only the proxy tasks that read the decoder pay for it
         decode = torch.cat([torch.full((n,), self.tasks[name].reads == "decoder", device=images.device)
                             for name in self.task_names])
-        feats, h, info = self.trunk(x, index, decode)
+        own = torch.cat([torch.full((n,), self._own_encoder(name), device=images.device) for name in self.task_names])
+        feats, h, info = self.trunk(x, index, decode, own)
         out: dict[str, torch.Tensor] = {}
         row = 0
         for t, (name, (_, targets)) in enumerate(zip(self.task_names, corrupted)):
@@ -301,8 +340,9 @@ class UNetMTLNetwork(nn.Module):
         for t, name in enumerate(self.task_names):
             proxy = self.tasks[name]
             inputs, targets = proxy.views(images)
+            own = torch.full((len(inputs),), self._own_encoder(name), device=images.device)
             feats, h, info = self.trunk(inputs, self.gate_index(t, organs, len(inputs), images.device),
-                                        proxy.reads == "decoder")
+                                        proxy.reads == "decoder", own)
             score, amap = proxy.failure(self._proxy_output(name, feats, h), targets)
             scores.append(score)
             maps.append(amap)
@@ -316,5 +356,5 @@ class UNetMTLNetwork(nn.Module):
         return usage / usage.sum(1, keepdim=True).clamp_min(1e-12)
 
 
-__all__ = ["CoarseNoiseRemoval", "LESION_SYNTHESES", "LesionSegmentation", "UNET_TASKS", "UNetMTLNetwork",
+__all__ = ["CoarseNoiseRemoval", "LESION_SYNTHESES", "RECONSTRUCT_ENCODERS", "LesionSegmentation", "UNET_TASKS", "UNetMTLNetwork",
            "UncertainReconstruction"]
