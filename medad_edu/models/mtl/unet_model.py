@@ -21,7 +21,9 @@ jigsaw, pseudo-label) do not, so the default learner trains these three (others 
   first choice, kept as an option;
 - ``reconstruct`` (self-supervised): AE-U's uncertainty-weighted reconstruction (Mao et al. 2020) from the
   bottleneck alone (:class:`UncertainReconstruction`); the two tasks above see the image through the skips and
-  copy a global change of shape, this one cannot.
+  copy a global change of shape, this one cannot. With ``reconstruct_encoder="own"`` its bottleneck comes from an
+  encoder of its own (then the shared MoE layer), so that the skip tasks do not shape it
+  (``book/results/mtl_reconstruct_encoder/``: higher on the validation split of both embedded sets).
 
 Each task's image score pools its map (:func:`medad_edu.models.scoring.pool_map`). The interface is that of
 ``MTLNetwork`` (``losses``, ``failures``, ``tasks``, ``map_task_names``, ``expert_usage``), so the learner's
@@ -356,5 +358,5 @@ class UNetMTLNetwork(nn.Module):
         return usage / usage.sum(1, keepdim=True).clamp_min(1e-12)
 
 
-__all__ = ["CoarseNoiseRemoval", "LESION_SYNTHESES", "RECONSTRUCT_ENCODERS", "LesionSegmentation", "UNET_TASKS", "UNetMTLNetwork",
-           "UncertainReconstruction"]
+__all__ = ["CoarseNoiseRemoval", "LESION_SYNTHESES", "LesionSegmentation", "RECONSTRUCT_ENCODERS", "UNET_TASKS",
+           "UNetMTLNetwork", "UncertainReconstruction"]
