@@ -517,6 +517,19 @@ def test_lesion_weight_scales_the_lesion_loss_in_the_total():
 
 
 # --- the U-Net design (the quick and paper default) --------------------------------------------------------------
+def _assert_unet_losses_by_hand(net, x, groups, corrupted, feats, h):
+    """The stacked step's losses (``net.losses`` with generator seed 3) equal each task's loss computed by hand from
+    ``corrupted`` (drawn with seed 3), the decoder features ``feats`` of the denoise and lesion rows and the
+    MoE-transformed bottleneck ``h`` of all rows (tasks stacked in order: denoise, lesion, reconstruct); returns them."""
+    hand = [net.tasks["denoise"].loss(net.tasks["denoise"](feats[:4]), corrupted[0][1]),
+            net.tasks["lesion"].loss(net.tasks["lesion"](feats[4:8]), corrupted[1][1]),
+            net.tasks["reconstruct"].loss(net.tasks["reconstruct"](h[8:]), corrupted[2][1])]
+    pkg = net.losses(x, torch.Generator().manual_seed(3), groups)
+    for name, want in zip(net.task_names, hand):
+        torch.testing.assert_close(pkg[name], want)
+    return pkg
+
+
 def test_unet_design_losses_failures_and_organ_gate():
     from medad_edu.models.mtl.unet_model import UNET_TASKS
 
@@ -534,13 +547,7 @@ def test_unet_design_losses_failures_and_organ_gate():
     corrupted = [net.tasks[n].corrupt(x, gen, groups) for n in net.task_names]
     skips = net.unet.encode(torch.cat([c[0] for c in corrupted]))
     h, _ = net.unet.middle(skips.pop(), torch.cat([net.gate_index(t, groups, 4, "cpu") for t in range(3)]))
-    feats = net.unet.decode(h, skips)
-    hand = [net.tasks["denoise"].loss(net.tasks["denoise"](feats[:4]), corrupted[0][1]),
-            net.tasks["lesion"].loss(net.tasks["lesion"](feats[4:8]), corrupted[1][1]),
-            net.tasks["reconstruct"].loss(net.tasks["reconstruct"](h[8:]), corrupted[2][1])]
-    pkg = net.losses(x, torch.Generator().manual_seed(3), groups)
-    for name, want in zip(net.task_names, hand):
-        torch.testing.assert_close(pkg[name], want)
+    pkg = _assert_unet_losses_by_hand(net, x, groups, corrupted, net.unet.decode(h, skips), h)
     model.eval()
     scores, maps, gates = model.net.failures(x, groups)
     assert scores.shape == (4, 3) and maps.shape == (4, 3, S, S) and gates.shape == (4, 3, 2)
@@ -627,13 +634,7 @@ def test_the_reconstruct_task_with_its_own_encoder():
     assert own_h.shape[1:] == skips[-1].shape[1:]  # the U-Net bottleneck's shape, so the MoE layer takes both
     h, _ = net.unet.middle(torch.cat([skips.pop(), own_h]),
                            torch.cat([net.gate_index(t, groups, 4, "cpu") for t in range(3)]))
-    feats = net.unet.decode(h[:8], skips)
-    hand = [net.tasks["denoise"].loss(net.tasks["denoise"](feats[:4]), corrupted[0][1]),
-            net.tasks["lesion"].loss(net.tasks["lesion"](feats[4:8]), corrupted[1][1]),
-            net.tasks["reconstruct"].loss(net.tasks["reconstruct"](h[8:]), corrupted[2][1])]
-    pkg = net.losses(x, torch.Generator().manual_seed(3), groups)
-    for name, want in zip(net.task_names, hand):
-        torch.testing.assert_close(pkg[name], want)
+    pkg = _assert_unet_losses_by_hand(net, x, groups, corrupted, net.unet.decode(h[:8], skips), h)
     net.zero_grad()
     pkg["reconstruct"].backward()
     assert all(p.grad is None or not p.grad.any() for p in net.unet.inc.parameters())

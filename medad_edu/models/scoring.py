@@ -75,6 +75,15 @@ def check_opening(size: int, name: str = "map_opening", image_size: int | None =
     return int(size)
 
 
+def check_std_floor(value: float, name: str = "map_std_floor") -> float:
+    """``value`` as a float, or a one-line ``ValueError``: a variance floor is a standard deviation of [0, 1]
+    intensities in [0, 1), 0 meaning none."""
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1) (a standard deviation of [0, 1] intensities; 0 = none); "
+                         f"got {value}")
+    return float(value)
+
+
 def open_map(amap: torch.Tensor, size: int) -> torch.Tensor:
     """Grey-scale opening of ``[B,1,H,W]`` maps with a ``size`` x ``size`` square (replicate padding): the erosion
     (local minimum) removes what is narrower than the square, the dilation (local maximum) gives what survives
@@ -96,5 +105,5 @@ def pool_map(amap: torch.Tensor, sigma: float = DEFAULT_SIGMA, top: float = DEFA
     return flat.topk(k, dim=1).values.mean(1)
 
 
-__all__ = ["DEFAULT_SIGMA", "DEFAULT_TOP", "check_opening", "check_pooling", "gaussian_kernel1d", "open_map",
-           "pool_map", "smooth_map"]
+__all__ = ["DEFAULT_SIGMA", "DEFAULT_TOP", "check_opening", "check_pooling", "check_std_floor", "gaussian_kernel1d",
+           "open_map", "pool_map", "smooth_map"]

@@ -61,7 +61,7 @@ from torch import nn
 from ...checkpoint_io import CheckpointError
 from ..base import AnomalyModel, AnomalyResult
 from ..components import ConvEncoder, bounded_logvar
-from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, check_opening, check_pooling, open_map, pool_map
+from ..scoring import DEFAULT_SIGMA, DEFAULT_TOP, check_opening, check_pooling, check_std_floor, open_map, pool_map
 from . import loss as L
 from .experts import BatchedExperts
 from .prompt_encoder import DEFAULT_MODEL, PromptEncoder, embed_dim_of
@@ -120,9 +120,7 @@ class AllInOne(AnomalyModel):
             raise ValueError(f"alpha must be >= 0 and beta > 0; got alpha={alpha}, beta={beta}")
         if not error_scale > 0:
             raise ValueError(f"error_scale must be > 0; got {error_scale}")
-        if not 0 <= map_std_floor < 1:
-            raise ValueError(f"map_std_floor must be in [0, 1) (a standard deviation of [0, 1] intensities; 0 = none); "
-                             f"got {map_std_floor}")
+        map_std_floor = check_std_floor(map_std_floor, "map_std_floor")
         map_opening = check_opening(map_opening, "map_opening", image_size)
         if not 0 <= router_image_dropout < 1:
             raise ValueError(f"router_image_dropout must be in [0, 1); got {router_image_dropout}")

@@ -89,7 +89,7 @@ import torch
 from ...data.batches import split_tensors
 from ..base import AnomalyModel, AnomalyResult
 from ..baselines.nsa import synthesize_anomalies
-from ..scoring import check_opening
+from ..scoring import check_opening, check_std_floor
 from .fusion import ScoreNormalizer, check_fusion
 from .proxy_tasks import DEFAULT_TASKS, LesionSynthesis
 from .torch_model import MTLNetwork
@@ -153,9 +153,7 @@ class MultiTaskLearner(AnomalyModel):
             raise ValueError(f"reconstruct_encoder {reconstruct_encoder!r} is an option of design 'unet'; "
                              "design 'classic' has no reconstruct task")
         check_fusion(fusion)
-        if not 0 <= reconstruct_std_floor < 1:
-            raise ValueError(f"reconstruct_std_floor must be in [0, 1) (a standard deviation of [0, 1] intensities; "
-                             f"0 = none); got {reconstruct_std_floor}")
+        reconstruct_std_floor = check_std_floor(reconstruct_std_floor, "reconstruct_std_floor")
         reconstruct_opening = check_opening(reconstruct_opening, "reconstruct_opening", image_size)
         if not 0 < top_fraction <= 1:
             raise ValueError(f"top_fraction must be in (0, 1]; got {top_fraction}")

@@ -270,29 +270,27 @@ class UNetMTLNetwork(nn.Module):
         ``[N]`` mask only those rows (in order). ``own``: a boolean ``[N]`` mask of the rows whose bottleneck comes
         from the ``reconstruct`` task's own encoder (never decoded)."""
         if own is None or not bool(own.any()):
+            shared = None  # every row through the U-Net encoder
             skips = self.unet.encode(x)
             h, info = self.unet.middle(skips.pop(), gate_index)
             if decode is True:
                 return self.unet.decode(h, skips), h, info
-            if decode is False or not bool(decode.any()):
-                return None, h, info
-            return self.unet.decode(h[decode], [s[decode] for s in skips]), h, info
-        # rows with their own encoder: their bottleneck joins the others' before the (shared) MoE layer
-        shared = ~own
-        own_h = self.tasks["reconstruct"].encoder(x[own])
-        skips = self.unet.encode(x[shared]) if bool(shared.any()) else []
-        bottleneck = own_h.new_empty((len(x), *own_h.shape[1:]))
-        bottleneck[own] = own_h
-        if skips:
-            bottleneck[shared] = skips.pop()
-        h, info = self.unet.middle(bottleneck, gate_index)
-        if decode is True:
-            decode = shared
+        else:  # rows with their own encoder: their bottleneck joins the others' before the (shared) MoE layer
+            shared = ~own
+            own_h = self.tasks["reconstruct"].encoder(x[own])
+            skips = self.unet.encode(x[shared]) if bool(shared.any()) else []
+            bottleneck = own_h.new_empty((len(x), *own_h.shape[1:]))
+            bottleneck[own] = own_h
+            if skips:
+                bottleneck[shared] = skips.pop()
+            h, info = self.unet.middle(bottleneck, gate_index)
+            if decode is True:
+                decode = shared
+            elif decode is not False and bool((decode & own).any()):
+                raise ValueError("rows with the reconstruct task's own encoder have no skips to decode")
         if decode is False or not bool(decode.any()):
             return None, h, info
-        if bool((decode & own).any()):
-            raise ValueError("rows with the reconstruct task's own encoder have no skips to decode")
-        keep = decode[shared]
+        keep = decode if shared is None else decode[shared]  # the decoded rows among those the U-Net encoded
         return self.unet.decode(h[decode], [s[keep] for s in skips]), h, info
 
     def _own_encoder(self, name: str) -> bool:
