@@ -325,6 +325,26 @@ def test_prompt_encoder_offline_fallback_and_caches(prompt_cache, tmp_path):
         make_prompt_encoder(CLIP_MODEL, weights="/no/such/clip.pt")
 
 
+def test_prompt_embeddings_do_not_depend_on_the_callers_thread_count():
+    """The text tower always runs on ``ENCODE_THREADS`` torch threads: the same bits whatever the caller set (with
+    1, 2 and 3 threads its sums would run in other orders: here 2 differed from 1 and 3), and the caller's setting
+    is restored."""
+    from medad_edu.data.tasks import PAPER_PROMPTS
+
+    prompts = list(PAPER_PROMPTS.values())  # the five organs' (here all but the first changed with the count)
+    threads = torch.get_num_threads()
+    try:
+        out = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            pe.clear_memory_cache()
+            out.append(make_prompt_encoder(disk_cache=False).encode(prompts))
+            assert torch.get_num_threads() == n
+        assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_pretrained_prompt_encoder_offline_knows_paraphrases():
     """The default text model is pretrained offline: a paraphrase of an organ's prompt lands nearer that prompt
     than any other organ's prompt, and the encoding is deterministic."""

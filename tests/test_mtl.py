@@ -470,7 +470,9 @@ def test_weighted_fusion_follows_the_pseudo_anomaly_auroc_per_organ():
 
 def test_default_fusion_is_weighted_and_fitted_on_pseudo_anomalies():
     model = MultiTaskLearner(S, ["alpha", "beta"], width=4, clusters=2, proxy_tasks=["inpaint", "rotate", "lesion"])
-    assert model.fusion == "weighted" and MultiTaskLearner.QUICK["fusion"] == "weighted"
+    # the constructor's default (and that of checkpoints written before); the quick and paper configurations fuse
+    # the maps instead (chosen on validation images, book/results/mtl_reconstruct_encoder), but fit these weights too
+    assert model.fusion == "weighted" and MultiTaskLearner.QUICK["fusion"] == MultiTaskLearner.PAPER["fusion"] == "map"
     torch.testing.assert_close(model.normalizer.weights.sum(1), torch.ones(3))  # uniform before fitting
     data = tiny_data()
     model.eval()
@@ -580,6 +582,8 @@ def test_the_reconstruct_map_floor_and_opening():
     assert (paper["reconstruct_std_floor"], paper["reconstruct_opening"]) == (0.05, 11)
     assert with_default_options("mtl", {})["reconstruct_opening"] == 0
     assert with_default_options("mtl", {})["reconstruct_std_floor"] == 0.0
+    assert quick["reconstruct_encoder"] == paper["reconstruct_encoder"] == "own"  # chosen with the map fusion
+    assert with_default_options("mtl", {})["reconstruct_encoder"] == "shared"
     kw = dict(design="unet", proxy_tasks=list(UNET_TASKS), width=4, depth=2, num_experts=2, top_k=1)
     torch.manual_seed(0)
     plain = MultiTaskLearner(S, ["alpha", "beta"], **kw).eval()
@@ -710,7 +714,7 @@ def test_a_checkpoint_written_before_lesion_synthesis_existed_loads_and_resumes(
 
     data = tiny_data()
     options = {"design": "classic", "proxy_tasks": ["rotate", "lesion"], "width": 4, "clusters": 2,
-               "lesion_synthesis": "lesions"}
+               "lesion_synthesis": "lesions", "reconstruct_encoder": "shared"}
     cfg = make_config("mtl", "quick", epochs=1, batch_size=8, image_size=S, seed=0, options=options)
     run = tmp_path / "run"
     first = train(cfg, run, data=data, progress=False)

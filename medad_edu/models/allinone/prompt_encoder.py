@@ -26,7 +26,9 @@ and hands the encoder its ``source``; default ``"auto"``)
 
 ``weights`` may also be ``"random"`` (force 3), a tag such as ``"openai"``, or a file path. The chosen weights
 are named by ``identity`` (e.g. ``open_clip:ViT-B-32:random-init:seed=0``); cache keys are
-sha256(identity + text), and checkpoints of the model store the identity so a loaded model can be checked.
+sha256(identity + text + ``ENCODE_THREADS``, the torch thread count that the tower always runs on, so that an
+embedding's bits do not depend on the caller's setting), and checkpoints of the model store the identity so a loaded
+model can be checked.
 
 Disk cache: ``$MEDAD_CACHE_DIR/prompt_embeddings/`` (default ``~/.cache/medad_edu``), one small ``.pt`` per prompt
 (``medad_edu.models.factory.PromptCache``, given to the encoder by the factory).
@@ -67,6 +69,13 @@ _KNOWN_DIMS = {MINILM: 384, "ViT-B-32": 512, "ViT-B-32-quickgelu": 512, "ViT-B-1
 class PretrainedWeightsWarning(UserWarning):
     """No pretrained CLIP weights could be had; a seeded random text tower is used instead."""
 
+
+# The text tower always runs on this many torch threads: its matrix products sum in another order with another
+# count, and the last bits of an embedding then change every All-in-One run trained on it (a kept bench run and its
+# re-run, same code and seed, differed by two points of image AUROC), so they must not depend on the caller's
+# setting or on which process filled the disk cache. 2: the chapters' setting, with which the embeddings of the
+# kept peer benches were computed (checked bit for bit).
+ENCODE_THREADS = 2
 
 # Process-wide caches: embeddings by key, built towers by identity, warnings already shown, file digests.
 _MEMORY: dict[str, torch.Tensor] = {}
@@ -270,7 +279,8 @@ class PromptEncoder:
 
     # --- encoding with caches -------------------------------------------------------------------------------
     def cache_key(self, text: str) -> str:
-        return hashlib.sha256(f"{self.identity}\x00{text}".encode()).hexdigest()[:32]
+        # The thread count is part of the key: files cached before it was fixed may hold another count's bits.
+        return hashlib.sha256(f"{self.identity}\x00{text}\x00threads={ENCODE_THREADS}".encode()).hexdigest()[:32]
 
     def cached(self, text: str) -> torch.Tensor | None:
         """The cached embedding of ``text`` (memory, then disk), or ``None``; never runs the tower."""
@@ -289,6 +299,14 @@ class PromptEncoder:
     @torch.no_grad()
     def _compute(self, text: str) -> torch.Tensor:
         tower = self.tower
+        threads = torch.get_num_threads()
+        torch.set_num_threads(ENCODE_THREADS)
+        try:
+            return self._run_tower(tower, text)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run_tower(self, tower: torch.nn.Module, text: str) -> torch.Tensor:
         if self.is_sentence_model:
             feat = tower.encode([text], convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
             return feat[0].float().cpu().contiguous()

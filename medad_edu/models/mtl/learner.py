@@ -12,8 +12,11 @@ notebooks/20_mtl_proxy_tasks.ipynb, 21_mtl_moe.ipynb, 22_mtl_scoring.ipynb and 2
 Two designs (``design``). ``"unet"``, the quick and paper default (``unet_model.py``, notebooks/24_mtl_unet.ipynb):
 a full-resolution U-Net whose bottleneck is a Mixture-of-Experts gated by (proxy task, organ), trained on the three
 proxy tasks that detect lesions on the validation splits (coarse-noise removal and pseudo-lesion segmentation at full
-resolution, uncertainty-weighted reconstruction from the bottleneck); its proxy-task weights come from the
-validation split's abnormal images (``weight_source="validation"``; pseudo-anomalies for an organ without any).
+resolution, uncertainty-weighted reconstruction through its own encoder and the shared MoE layer), scored by the
+``map`` fusion (the top 1 % of the mean of the per-pixel-normalised failure maps); the ``weighted`` fusion's
+proxy-task weights, fitted as well, come from the validation split's abnormal images (``weight_source="validation"``;
+pseudo-anomalies for an organ without any). The own encoder and the map fusion were chosen on validation images
+(``book/results/mtl_reconstruct_encoder``).
 ``"classic"`` (``MultiTaskLearner.CLASSIC``; ``torch_model.py``, chapters 20-23): the first design, six proxy tasks
 on a light half-resolution trunk, weights from pseudo-anomalies; kept as the ablation row, since on the embedded data
 its global tasks fail at random and its pixel heads under-fit.
@@ -54,7 +57,8 @@ Options (constructor arguments, stored in checkpoints; ``--option`` on the comma
 - ``moe`` (False: a plain shared trunk), ``num_experts``, ``top_k``, ``moe_layers``, ``balance_weight``;
 - ``width``: trunk width (channels 1x, 2x, 4x at S/2, S/4, S/8); ``clusters``: k of the pseudo-label task;
 - ``uncertainty``: heteroscedastic heads for inpainting and denoising (failure = error / predicted variance);
-- ``fusion``: ``weighted`` (default), ``zscore``, ``robust``, ``rank`` or ``map``; ``map_top``: pooled share of
+- ``fusion``: ``weighted`` (default; ``map`` in the quick and paper configurations), ``zscore``, ``robust``,
+  ``rank`` or ``map``; ``map_top``: pooled share of
   the fused map; ``weight_power``: exponent of the ``weighted`` fusion's weights (2: chosen on the validation
   split, where it beat 1 for both seeds; see notebooks/23_mtl_ablations.ipynb);
   ``top_fraction``: pooling of each task's own map into its image score (1 = the mean);
@@ -67,9 +71,10 @@ Options (constructor arguments, stored in checkpoints; ``--option`` on the comma
   intensities) and opened with a square of that many pixels (notebooks/13_allinone_hallucination.ipynb); 0.05 and
   3 in the ``quick`` configuration, chosen on validation images (notebooks/24_mtl_unet.ipynb); 0, AE-U's map, by
   default and for checkpoints written before;
-- ``reconstruct_encoder`` (design ``unet``): ``"shared"`` (default), the ``reconstruct`` task reads the bottleneck
-  of the U-Net encoder that the skip tasks train; ``"own"``, it has its own strided-conv encoder whose bottleneck
-  passes the same MoE layer (gated by the task's own rows).
+- ``reconstruct_encoder`` (design ``unet``): ``"shared"`` (default, and for checkpoints written before), the
+  ``reconstruct`` task reads the bottleneck of the U-Net encoder that the skip tasks train; ``"own"`` (the quick and
+  paper configurations), it has its own strided-conv encoder whose bottleneck passes the same MoE layer (gated by the
+  task's own rows).
 
 Example::
 
@@ -110,21 +115,26 @@ class MultiTaskLearner(AnomalyModel):
     # Each training image is used by the three proxy tasks per step, so an epoch costs several AE epochs.
     # QUICK and PAPER read the reconstruct task's map as All-in-One's (a variance floor, then a 3 x 3 opening; chosen
     # on validation images at 64 px, chapter 24; PAPER's 11 px is the same share of a 256-px image, not measured there).
+    # The reconstruct task's own encoder and the map fusion were chosen on the tune split (validation images only,
+    # 3 seeds, both sets): book/results/mtl_reconstruct_encoder. PAPER takes them unmeasured at 256 px.
     QUICK: dict[str, Any] = {"epochs": 20, "batch_size": 32, "lr": 1e-3, "design": "unet",
                              "proxy_tasks": list(UNET_TASKS), "width": 16, "depth": 3, "num_experts": 4, "top_k": 2,
-                             "moe_layers": 1, "fusion": "weighted", "weight_source": "validation",
-                             "lesion_synthesis": "patches", "reconstruct_std_floor": 0.05, "reconstruct_opening": 3}
+                             "moe_layers": 1, "fusion": "map", "weight_source": "validation",
+                             "lesion_synthesis": "patches", "reconstruct_std_floor": 0.05, "reconstruct_opening": 3,
+                             "reconstruct_encoder": "own"}
     # GPU, 256 px: the All-in-One paper's schedule (250 epochs, batch 64, Adam 5e-4), a wider and deeper U-Net.
     PAPER: dict[str, Any] = {"epochs": 250, "batch_size": 64, "lr": 5e-4, "design": "unet",
                              "proxy_tasks": list(UNET_TASKS), "width": 32, "depth": 4, "num_experts": 4, "top_k": 2,
-                             "moe_layers": 1, "fusion": "weighted", "weight_source": "validation",
-                             "lesion_synthesis": "patches", "reconstruct_std_floor": 0.05, "reconstruct_opening": 11}
+                             "moe_layers": 1, "fusion": "map", "weight_source": "validation",
+                             "lesion_synthesis": "patches", "reconstruct_std_floor": 0.05, "reconstruct_opening": 11,
+                             "reconstruct_encoder": "own"}
     # The first design (six proxy tasks on a light half-resolution trunk, weighted fusion), kept as an ablation.
-    # It has no reconstruct task: its reconstruct_* options are 0, as in the runs recorded before they existed.
+    # It has no reconstruct task: its reconstruct_* options are 0 (and "shared"), as in the runs recorded before they
+    # existed.
     CLASSIC: dict[str, Any] = {"design": "classic", "proxy_tasks": list(DEFAULT_TASKS), "width": 16,
                                "num_experts": 4, "top_k": 2, "moe_layers": 2, "fusion": "weighted",
                                "weight_source": "pseudo", "lesion_synthesis": "lesions", "reconstruct_std_floor": 0.0,
-                               "reconstruct_opening": 0}
+                               "reconstruct_opening": 0, "reconstruct_encoder": "shared"}
     PSEUDO_SEED = 2024  # seeds the pseudo-anomalies that fit the fusion weights (deterministic scoring)
     PSEUDO_COPIES = 2  # pseudo-anomalies made from each held-out normal image
 
@@ -148,10 +158,11 @@ class MultiTaskLearner(AnomalyModel):
             raise ValueError(f"lesion_synthesis must be one of {LESION_SYNTHESES}; got {lesion_synthesis!r}")
         if design == "classic" and lesion_synthesis != "lesions":
             raise ValueError(f"lesion_synthesis {lesion_synthesis!r} is an option of design 'unet'; "
-                             "design 'classic' synthesises 'lesions'")
+                             "design 'classic' synthesises 'lesions' (as in MultiTaskLearner.CLASSIC)")
         if design == "classic" and reconstruct_encoder != "shared":
             raise ValueError(f"reconstruct_encoder {reconstruct_encoder!r} is an option of design 'unet'; "
-                             "design 'classic' has no reconstruct task")
+                             "design 'classic' has no reconstruct task (reconstruct_encoder='shared', as in "
+                             "MultiTaskLearner.CLASSIC)")
         check_fusion(fusion)
         reconstruct_std_floor = check_std_floor(reconstruct_std_floor, "reconstruct_std_floor")
         reconstruct_opening = check_opening(reconstruct_opening, "reconstruct_opening", image_size)

@@ -21,9 +21,10 @@ jigsaw, pseudo-label) do not, so the default learner trains these three (others 
   first choice, kept as an option;
 - ``reconstruct`` (self-supervised): AE-U's uncertainty-weighted reconstruction (Mao et al. 2020) from the
   bottleneck alone (:class:`UncertainReconstruction`); the two tasks above see the image through the skips and
-  copy a global change of shape, this one cannot. With ``reconstruct_encoder="own"`` its bottleneck comes from an
-  encoder of its own (then the shared MoE layer), so that the skip tasks do not shape it
-  (``book/results/mtl_reconstruct_encoder/``: higher on the validation split of both embedded sets).
+  copy a global change of shape, this one cannot. With ``reconstruct_encoder="own"`` (the quick and paper
+  configurations) its bottleneck comes from an encoder of its own (then the shared MoE layer), so that the skip
+  tasks do not shape it (``book/results/mtl_reconstruct_encoder/``: higher on the validation split of both embedded
+  sets; notebooks/24_mtl_unet.ipynb).
 
 Each task's image score pools its map (:func:`medad_edu.models.scoring.pool_map`). The interface is that of
 ``MTLNetwork`` (``losses``, ``failures``, ``tasks``, ``map_task_names``, ``expert_usage``), so the learner's
@@ -35,7 +36,7 @@ Example::
     losses = net.losses(images, torch.Generator().manual_seed(0), organs)
     scores, maps, gates = net.failures(images)
 
-Defined in: notebooks/21_mtl_moe.ipynb, notebooks/23_mtl_ablations.ipynb
+Defined in: notebooks/21_mtl_moe.ipynb, notebooks/23_mtl_ablations.ipynb, notebooks/24_mtl_unet.ipynb
 """
 from __future__ import annotations
 
