@@ -13,10 +13,10 @@ Two designs (``design``). ``"unet"``, the quick and paper default (``unet_model.
 a full-resolution U-Net whose bottleneck is a Mixture-of-Experts gated by (proxy task, organ), trained on the three
 proxy tasks that detect lesions on the validation splits (coarse-noise removal and pseudo-lesion segmentation at full
 resolution, uncertainty-weighted reconstruction through its own encoder and the shared MoE layer), scored by the
-``map`` fusion (the top 1 % of the mean of the per-pixel-normalised failure maps); the ``weighted`` fusion's
-proxy-task weights, fitted as well, come from the validation split's abnormal images (``weight_source="validation"``;
-pseudo-anomalies for an organ without any). The own encoder and the map fusion were chosen on validation images
-(``book/results/mtl_reconstruct_encoder``).
+``map`` fusion (the top 1 % of the mean of the failure maps, each z-scored with its organ's and task's pixel
+statistics); the ``weighted`` fusion's proxy-task weights, fitted as well, come from the validation split's abnormal
+images (``weight_source="validation"``; pseudo-anomalies for an organ without any). The own encoder and the map
+fusion were chosen on validation images (``book/results/mtl_reconstruct_encoder``).
 ``"classic"`` (``MultiTaskLearner.CLASSIC``; ``torch_model.py``, chapters 20-23): the first design, six proxy tasks
 on a light half-resolution trunk, weights from pseudo-anomalies; kept as the ablation row, since on the embedded data
 its global tasks fail at random and its pixel heads under-fit.
