@@ -736,3 +736,19 @@ def test_a_checkpoint_written_before_lesion_synthesis_existed_loads_and_resumes(
         load_or_train(make_config("mtl", "quick", epochs=2, batch_size=8, image_size=S, seed=0,
                                   options={**options, "design": "unet", "proxy_tasks": ["lesion"],
                                            "lesion_synthesis": "patches"}), run, data)
+
+
+def test_quick_configuration_decays_the_learning_rate_along_a_cosine_and_paper_keeps_it_constant():
+    # chosen on validation images at the same cost (book/results/mtl_lr_schedule); an explicit setting still wins
+    from medad_edu.evaluation.bench import _spec
+    from medad_edu.training import make_config
+    from medad_edu.training.config import lr_at_epoch
+
+    quick = make_config("mtl", "quick")
+    assert quick.lr_schedule == "cosine" and "lr_schedule" not in quick.options
+    last = 1e-3 * 0.5 * (1 + np.cos(np.pi * 19 / 20))  # the 20th and last epoch's, about 6e-6
+    assert [round(lr_at_epoch(quick, e), 9) for e in (0, 10, 19)] == [1e-3, 5e-4, round(last, 9)]
+    assert make_config("mtl", "paper").lr_schedule == "constant"
+    assert make_config("mtl", "quick", lr_schedule="constant").lr_schedule == "constant"
+    assert make_config("ae", "quick").lr_schedule == "constant"  # the other methods keep theirs
+    assert _spec("mtl", 0, quick, "embedded")["lr_schedule"] == "cosine"  # the bench records it

@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=_positive_float, help="override the learning rate")
     tr.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
                     help="learning rate over the epochs: constant, or cosine decay from --lr towards 0 "
-                         "(default: the configuration's, constant)")
+                         "(default: the method's configuration's; cosine for mtl quick, else constant)")
     tr.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps")
     tr.add_argument("--seed", type=int, default=0, help="training seed (default 0); the data is fixed")
     tr.add_argument("--sizes", choices=["tiny", "quick", "paper"], help="embedded data size preset")
@@ -220,7 +220,8 @@ def _add_bench_args(parser: argparse.ArgumentParser) -> None:
                         help="override the image side (multiple of 16)")
     parser.add_argument("--batch-size", type=_positive_int, default=None, help="override every method's batch size")
     parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
-                        help="override every method's learning-rate schedule (default: each method's, constant)")
+                        help="override every method's learning-rate schedule (default: each method's; "
+                             "cosine for mtl quick, else constant)")
     parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is faster on a busy shared machine)")
