@@ -419,3 +419,15 @@ def test_the_lr_schedule_is_in_the_spec_only_when_not_constant(tmp_path, tiny_da
     assert res["runs"][0]["spec"]["lr_schedule"] == "cosine"
     with pytest.raises(ValueError, match=r"lr_schedule: 'cosine' -> None"):
         run_bench(["ae"], data=tiny_data_module, seeds=[0], out_dir=out, epochs=1, batch_size=16, log=lambda m: None)
+
+
+def test_a_bench_run_records_the_epochs_that_min_steps_makes_on_its_data(tmp_path, tiny_data_module):
+    """The spec holds the epochs the trainer runs on this data, so a run cached at the same length still matches."""
+    from medad_edu.data.batches import split_tensors
+    from medad_edu.evaluation.bench import run_one
+    from medad_edu.training.config import steps_per_epoch
+
+    per_epoch = steps_per_epoch(len(split_tensors(tiny_data_module, "train")), 16)
+    rec = run_one("ae", 0, tiny_data_module, "tiny", "quick", tmp_path / "ae-s0",
+                  overrides={"epochs": 1, "min_steps": 2 * per_epoch, "batch_size": 16, "image_size": 32}, log=lambda m: None)
+    assert rec["spec"]["epochs"] == 2 and "min_steps" not in rec["spec"] and rec["timing"]["epochs"] == 2

@@ -752,3 +752,17 @@ def test_quick_configuration_decays_the_learning_rate_along_a_cosine_and_paper_k
     assert make_config("mtl", "quick", lr_schedule="constant").lr_schedule == "constant"
     assert make_config("ae", "quick").lr_schedule == "constant"  # the other methods keep theirs
     assert _spec("mtl", 0, quick, "embedded")["lr_schedule"] == "cosine"  # the bench records it
+
+
+def test_quick_configuration_trains_at_least_450_steps_and_keeps_20_epochs_on_the_embedded_sets():
+    # chosen on the tune split's 2-organ runs (book/results/mtl_min_steps); an explicit epochs turns the floor off
+    from medad_edu.training import make_config
+    from medad_edu.training.config import epochs_for_data
+
+    quick = make_config("mtl", "quick")
+    assert quick.min_steps == 450 and "min_steps" not in quick.options
+    assert epochs_for_data(quick, 5 * 200) == 20                   # 31 steps per epoch: 620 steps, the floor unused
+    assert epochs_for_data(quick, 2 * 200) == 38                   # 12 steps per epoch: 456 steps
+    assert epochs_for_data(quick, 2 * 240) == 30                   # 15 steps per epoch: 450 steps
+    assert make_config("mtl", "quick", epochs=20).min_steps == 0   # an explicit epochs is taken as it is
+    assert make_config("mtl", "paper").min_steps == 0 and make_config("ae", "quick").min_steps == 0

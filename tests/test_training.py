@@ -213,3 +213,30 @@ def test_checkpoint_is_plain_data(tmp_path, tiny_data):
     torch.save({"format_version": 1, "method": np.float64(1.0)}, tmp_path / "numpy.pt")
     with pytest.raises(CheckpointError, match=r"numpy\.pt: refused to load"):
         read_checkpoint(tmp_path / "numpy.pt")
+
+
+def test_min_steps_lengthens_training_on_a_small_set_and_an_explicit_epochs_turns_it_off(tmp_path, tiny_data):
+    """A model that learns in optimizer steps gets at least min_steps of them; the grown epochs resume and load."""
+    from medad_edu.data.batches import split_tensors
+    from medad_edu.training.config import epochs_for_data, steps_per_epoch
+
+    assert [steps_per_epoch(n, 32) for n in (10, 32, 63, 64, 1000)] == [1, 1, 1, 2, 31]
+    n = len(split_tensors(tiny_data, "train"))
+    per_epoch = steps_per_epoch(n, 8)
+    c = make_config("ae", "quick", epochs=1, image_size=32, batch_size=8, min_steps=2 * per_epoch + 1)
+    assert c.min_steps == 2 * per_epoch + 1 and epochs_for_data(c, n) == 3  # ceil: at least min_steps
+    assert epochs_for_data(make_config("ae", "quick", epochs=5, batch_size=8, min_steps=1), n) == 5  # never fewer
+    assert cfg(epochs=1).min_steps == 0  # an explicit epochs, no explicit min_steps: taken as it is
+    logs = []
+    res = train(c, tmp_path / "run", data=tiny_data, progress=False, log=logs.append)
+    assert len(res.history) == 3 and any("3 epochs instead of 1" in m for m in logs)
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (stored["epochs"], stored["min_steps"]) == (3, 2 * per_epoch + 1)
+    again = train(c, tmp_path / "run", data=tiny_data, progress=False)  # the same settings: loaded, not retrained
+    assert len(again.history) == 3
+    for a, b in zip(res.model.state_dict().values(), again.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(CheckpointError, match=r"epochs: 3 -> 1 \(epochs may only grow\)"):
+        train(cfg(epochs=1), tmp_path / "run", data=tiny_data, progress=False)  # min_steps off: fewer epochs
+    with pytest.raises(ValueError, match=r"min_steps must be an integer >= 0; got -1"):
+        make_config("ae", "quick", min_steps=-1)

@@ -52,6 +52,7 @@ Defined in: notebooks/41_results.ipynb, book/real_benchmarks.md
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -69,7 +70,7 @@ import torch
 
 from ..data import MultiTaskData, load_data
 from ..data.batches import split_tensors
-from ..models.registry import with_default_options
+from ..models.registry import get_method, with_default_options
 from ..utils import atomic_write_bytes, atomic_write_json, get_device, peak_memory, reset_peak_memory, versions
 from .diagnostics import DIAGNOSTICS
 from .evaluate import summarise
@@ -244,10 +245,13 @@ def run_one(method: str, seed: int, data: MultiTaskData, data_spec: str, config:
     :data:`DIAGNOSTICS` computed on the trained model and kept in the record.
     """
     from ..training import make_config, train
+    from ..training.config import epochs_for_data
 
     name = name or method
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     cfg = make_config(method, config, options=options, seed=seed, **overrides)
+    if cfg.min_steps and get_method(method).uses_gradients:  # the epochs the trainer will run on this data
+        cfg = dataclasses.replace(cfg, epochs=epochs_for_data(cfg, len(split_tensors(data, "train"))))
     spec = _spec(method, seed, cfg, data_spec)
     if diagnostics:  # only then: the specs of plain runs stay those of runs cached before variants existed
         spec["diagnostics"] = list(diagnostics)

@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, type=Path, help="run folder (an unfinished run there is resumed)")
     tr.add_argument("--config", choices=["quick", "paper"], default="quick",
                     help="quick: CPU, 64 px, minutes; paper: 256 px, 250 epochs, batch 64, Adam 5e-4 (default quick)")
-    tr.add_argument("--epochs", type=_positive_int, help="override the configuration's number of epochs")
+    tr.add_argument("--epochs", type=_positive_int, help="override the configuration's number of epochs (taken as it is: a method's "
+                    "min_steps, which lengthens training on a small set, no longer applies)")
     tr.add_argument("--image-size", type=_image_size, help="override the image side (multiple of 16)")
     tr.add_argument("--batch-size", type=_positive_int, help="override the batch size")
     tr.add_argument("--lr", type=_positive_float, help="override the learning rate")
@@ -214,8 +215,8 @@ def _add_bench_args(parser: argparse.ArgumentParser) -> None:
                         help="embedded data size preset (default: the configuration's)")
     parser.add_argument("--tasks", type=_task_list, default=None, help="comma-separated subset of tasks")
     parser.add_argument("--epochs", type=_positive_int, default=None,
-                        help="override every row's epochs, a variant's own too (smoke tests; the timing table shows "
-                             "the epochs)")
+                        help="override every row's epochs, a variant's own too, taken as they are (no min_steps; "
+                             "smoke tests; the timing table shows the epochs)")
     parser.add_argument("--image-size", type=_image_size, default=None,
                         help="override the image side (multiple of 16)")
     parser.add_argument("--batch-size", type=_positive_int, default=None, help="override every method's batch size")

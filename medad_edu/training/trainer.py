@@ -40,7 +40,7 @@ from ..models.registry import get_method, with_default_options
 from ..utils import atomic_write_json, peak_memory, seed_everything, to_plain
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, build_model, read_checkpoint, save_checkpoint
-from .config import TrainConfig, lr_at_epoch
+from .config import TrainConfig, epochs_for_data, lr_at_epoch
 from .thresholds import choose_thresholds
 
 
@@ -182,7 +182,8 @@ def config_differences(stored: dict, cfg: TrainConfig, data_given: bool = False)
         if data_given and key in DATA_LOADING_SETTINGS:
             continue
         if key == "epochs":
-            if isinstance(a, int) and isinstance(b, int) and b < a:
+            # with min_steps, the stored epochs may have grown from the data (epochs_for_data); resolved after loading
+            if isinstance(a, int) and isinstance(b, int) and b < a and not new.get("min_steps"):
                 diffs.append(f"epochs: {a} -> {b} (epochs may only grow)")
         elif key == "options" and isinstance(a, dict) and isinstance(b, dict):
             # an option the stored run does not name (it predates it) had its default
@@ -278,6 +279,14 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
     # Decode every training and validation image now (cached on ``data``; no random numbers are drawn), so that
     # a broken file stops the run before a run folder is made.
     tensors = split_tensors(data, "train", num_workers=cfg.num_workers)
+    if cls.uses_gradients and cfg.min_steps:
+        epochs = epochs_for_data(cfg, len(tensors))
+        if state is not None:  # a stored run that went further (its epochs may only grow) keeps its epochs
+            epochs = max(epochs, int(state["config"].get("epochs") or 0))
+        if epochs != cfg.epochs:
+            log(f"{cfg.method}: {epochs} epochs instead of {cfg.epochs}: at least {cfg.min_steps} optimizer steps "
+                f"over {len(tensors)} training images (min_steps)")
+            cfg = dataclasses.replace(cfg, epochs=epochs)
     if any(t.valid is not None and len(t.valid) for t in data.tasks):
         split_tensors(data, "valid", num_workers=cfg.num_workers)
     if run_dir is not None and not run_dir.is_dir() and info.is_main:

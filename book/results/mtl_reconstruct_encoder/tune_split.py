@@ -14,7 +14,7 @@ choice made on ``"tune"``. Usage (2 CPU cores, under a minute per run)::
         own:phantom=RUNS_A own:real=RUNS_B shared:phantom=RUNS_C shared:real=RUNS_D
 
 where each ``RUNS_*`` is a bench's ``runs`` folder holding ``mtl-s<seed>`` runs on ``--data embedded`` (phantom)
-or ``embedded:real`` (real).
+or ``embedded:real`` (real). A bench run with ``--tasks`` is scored on the same organs of the tune split.
 """
 from __future__ import annotations
 
@@ -69,16 +69,24 @@ def main(out_path: str, *specs: str) -> None:
     for spec in specs:
         name, runs = spec.split("=", 1)
         variant, kind = name.split(":")
-        if kind not in splits:
-            splits[kind] = {
-                "tune": split_tensors(load_embedded(kind, image_size=64, seed=TUNE_SEED,
-                                                    sizes=EmbeddedSizes(8, 100, 2)), "valid"),
-                "test": split_tensors(load_embedded(kind, image_size=64, seed=0, sizes="quick"), "test")}
         entry = result["variants"].setdefault(variant, {}).setdefault(kind, {})
         for run in sorted(Path(runs).glob("mtl-s*")):
             model = load_model(run)[0].eval()
             seed = int(run.name.split("-s")[-1])
-            entry[seed] = {part: split_rows(model, tensors) for part, tensors in splits[kind].items()}
+            # the organs the run was trained on (a bench's --tasks), in its order: the task ids must match
+            tasks = json.loads((run / "config.json").read_text()).get("tasks")
+            key = (kind, tuple(tasks or ()))
+            if key not in splits:
+                splits[key] = {
+                    "tune": split_tensors(load_embedded(kind, image_size=64, seed=TUNE_SEED,
+                                                        sizes=EmbeddedSizes(8, 100, 2), tasks=tasks), "valid"),
+                    "test": split_tensors(load_embedded(kind, image_size=64, seed=0, sizes="quick", tasks=tasks),
+                                          "test")}
+            entry[seed] = {part: split_rows(model, tensors) for part, tensors in splits[key].items()}
+            bench = run / "bench_result.json"  # the run's cost, where the bench recorded it
+            if bench.is_file():
+                timing = json.loads(bench.read_text())["timing"]
+                entry[seed]["timing"] = {k: timing.get(k) for k in ("epochs", "train_cpu_seconds")}
             print(variant, kind, seed, {k: round(v, 3) for k, v in entry[seed]["tune"].items()}, flush=True)
     Path(out_path).write_text(json.dumps(result, indent=1) + "\n")
 
