@@ -112,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, type=Path, help="run folder (an unfinished run there is resumed)")
     tr.add_argument("--config", choices=["quick", "paper"], default="quick",
                     help="quick: CPU, 64 px, minutes; paper: 256 px, 250 epochs, batch 64, Adam 5e-4 (default quick)")
-    tr.add_argument("--epochs", type=_positive_int, help="override the configuration's number of epochs (taken as it is: a method's "
-                    "min_steps, which lengthens training on a small set, no longer applies)")
+    tr.add_argument("--epochs", type=_positive_int,
+                    help="override the configuration's number of epochs, taken as it is (a method's min_steps, which "
+                         "lengthens training on a small set, no longer applies)")
     tr.add_argument("--image-size", type=_image_size, help="override the image side (multiple of 16)")
     tr.add_argument("--batch-size", type=_positive_int, help="override the batch size")
     tr.add_argument("--lr", type=_positive_float, help="override the learning rate")

@@ -81,7 +81,7 @@ def lr_at_epoch(cfg: TrainConfig, epoch: int) -> float:
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
     """Optimizer steps in one epoch over ``n_train`` images: full batches only (the trainer drops the last, partial
     batch), or one batch of all the images when there are fewer than ``batch_size``."""
-    return max(1, n_train // batch_size) if n_train >= batch_size else 1
+    return n_train // batch_size if n_train >= batch_size else 1
 
 
 def epochs_for_data(cfg: TrainConfig, n_train: int) -> int:

@@ -281,12 +281,12 @@ def _train(cfg: TrainConfig, run_dir: Path | None, data: MultiTaskData | None, p
     tensors = split_tensors(data, "train", num_workers=cfg.num_workers)
     if cls.uses_gradients and cfg.min_steps:
         epochs = epochs_for_data(cfg, len(tensors))
-        if state is not None:  # a stored run that went further (its epochs may only grow) keeps its epochs
-            epochs = max(epochs, int(state["config"].get("epochs") or 0))
         if epochs != cfg.epochs:
             log(f"{cfg.method}: {epochs} epochs instead of {cfg.epochs}: at least {cfg.min_steps} optimizer steps "
                 f"over {len(tensors)} training images (min_steps)")
-            cfg = dataclasses.replace(cfg, epochs=epochs)
+        if state is not None:  # a stored run that went further (its epochs may only grow) keeps its epochs
+            epochs = max(epochs, int(state["config"].get("epochs") or 0))
+        cfg = dataclasses.replace(cfg, epochs=epochs)
     if any(t.valid is not None and len(t.valid) for t in data.tasks):
         split_tensors(data, "valid", num_workers=cfg.num_workers)
     if run_dir is not None and not run_dir.is_dir() and info.is_main:
