@@ -429,5 +429,6 @@ def test_a_bench_run_records_the_epochs_that_min_steps_makes_on_its_data(tmp_pat
 
     per_epoch = steps_per_epoch(len(split_tensors(tiny_data_module, "train")), 16)
     rec = run_one("ae", 0, tiny_data_module, "tiny", "quick", tmp_path / "ae-s0",
-                  overrides={"epochs": 1, "min_steps": 2 * per_epoch, "batch_size": 16, "image_size": 32}, log=lambda m: None)
+                  overrides={"epochs": 1, "min_steps": 2 * per_epoch, "batch_size": 16, "image_size": 32},
+                  log=lambda m: None)
     assert rec["spec"]["epochs"] == 2 and "min_steps" not in rec["spec"] and rec["timing"]["epochs"] == 2

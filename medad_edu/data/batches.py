@@ -80,6 +80,12 @@ def split_tensors(data: MultiTaskData, split: str, num_workers: int = 0) -> Spli
     return out
 
 
+def count_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
+    """How many batches ``iterate_batches`` yields over ``n`` images: ceil(n / batch_size), or with ``drop_last``
+    the full batches only (one batch of all the images when there are fewer than ``batch_size``)."""
+    return n // batch_size if (drop_last and n >= batch_size) else -(-n // batch_size)
+
+
 def iterate_batches(tensors: SplitTensors, batch_size: int, shuffle: bool = False,
                     generator: torch.Generator | None = None, device: torch.device | str = "cpu",
                     drop_last: bool = False, order: torch.Tensor | None = None) -> Iterator[dict[str, torch.Tensor]]:
@@ -99,8 +105,7 @@ def iterate_batches(tensors: SplitTensors, batch_size: int, shuffle: bool = Fals
         n = len(order)
     device = torch.device(device)
     pin = device.type == "cuda"
-    stop = n - (n % batch_size) if (drop_last and n >= batch_size) else n
-    for start in range(0, stop, batch_size):
+    for start in range(0, count_batches(n, batch_size, drop_last) * batch_size, batch_size):
         idx = order[start:start + batch_size]
         batch = {"image": tensors.images[idx], "label": tensors.labels[idx], "mask": tensors.masks[idx],
                  "has_mask": tensors.has_mask[idx], "task_id": tensors.task_ids[idx], "index": idx}

@@ -14,6 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..data.batches import count_batches
 from ..models.base import check_image_size
 
 # The All-in-One paper's Sec. 4.3: 256x256, 250 epochs, Adam lr 5e-4, batch 64.
@@ -79,9 +80,9 @@ def lr_at_epoch(cfg: TrainConfig, epoch: int) -> float:
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """Optimizer steps in one epoch over ``n_train`` images: full batches only (the trainer drops the last, partial
-    batch), or one batch of all the images when there are fewer than ``batch_size``."""
-    return n_train // batch_size if n_train >= batch_size else 1
+    """Optimizer steps in one epoch over ``n_train`` images: the trainer's batches, its last, partial batch dropped
+    (at least 1)."""
+    return max(1, count_batches(n_train, batch_size, drop_last=True))
 
 
 def epochs_for_data(cfg: TrainConfig, n_train: int) -> int:
